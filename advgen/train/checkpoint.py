@@ -1,0 +1,45 @@
+"""Orbax checkpoints of a training state pytree, with errors a user can act on."""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from advgen.errors import UserError
+
+
+class Checkpoints:
+  """Saves and restores the latest states under `workdir/checkpoints`."""
+
+  def __init__(self, workdir, max_to_keep=2):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step, state):
+    self._manager.save(int(step), args=ocp.args.StandardSave(state))
+    self._manager.wait_until_finished()
+
+  def restore(self, target, step=None):
+    """Restores into the structure (and shardings) of `target`; the latest step by default."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f'no checkpoint in {self.directory}; train a model in this workdir first')
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # Orbax raises many types for unreadable files.
+      raise UserError(
+          f'checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: '
+          f'{str(e).splitlines()[0][:200] if str(e) else ""}); delete that step folder to resume '
+          'from an earlier one, or use a new --workdir') from None
+
+  def close(self):
+    self._manager.close()

@@ -1,0 +1,98 @@
+"""What a run writes into its workdir: config.json, metrics.jsonl and result files.
+
+Results are written atomically and never replaced silently, so a killed or repeated run cannot
+lose finished numbers.
+"""
+
+import json
+import os
+import tempfile
+
+from advgen.errors import UserError
+
+
+def config_to_dict(config):
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def prepare(workdir, config):
+  """Creates `workdir` and records the config; refuses a workdir that holds another config."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  wanted = config_to_dict(config)
+  if os.path.exists(path):
+    stored = read_json(path)
+    if stored != wanted:
+      changed = sorted(_changed_keys(stored, wanted))
+      raise UserError(
+          f'{workdir} holds a run with a different config (changed: {", ".join(changed[:5])}); '
+          'use a new --workdir or restore the old config')
+  else:
+    write_json(path, wanted)
+
+
+def _changed_keys(a, b, prefix=''):
+  for key in set(a) | set(b):
+    va, vb = a.get(key), b.get(key)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      yield from _changed_keys(va, vb, f'{prefix}{key}.')
+    elif va != vb:
+      yield prefix + key
+
+
+def read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path} is not valid JSON ({e}); move it away to start afresh') from None
+
+
+def write_json(path, value):
+  """Writes JSON atomically: a crash leaves either the old file or the new one."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def write_results(path, value, overwrite=False):
+  """Writes a final result file, refusing to replace an existing one unless asked to."""
+  if os.path.exists(path) and not overwrite:
+    raise UserError(f'{path} already exists; use a new --workdir or delete the file to redo it')
+  write_json(path, value)
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to metrics.jsonl."""
+
+  def __init__(self, workdir, filename='metrics.jsonl'):
+    self.path = os.path.join(workdir, filename)
+
+  def truncate_after(self, step):
+    """Drops lines logged after `step`: a resumed run logs them again from its checkpoint."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+
+  def write(self, step, metrics):
+    record = {'step': int(step), **{k: _to_json(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
+
+  def read(self):
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+
+def _to_json(value):
+  if hasattr(value, 'tolist'):
+    return value.tolist()
+  return value

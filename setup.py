@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='advgen',
+    version='0.1.0',
+    description='Adversarial robustness and generalization: attacks, on-manifold attacks, '
+                'isoperimetric bounds and studies in JAX.',
+    packages=find_packages(include=['advgen', 'advgen.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.5.0',
+        'flax>=0.10.0',
+        'optax>=0.2.4',
+        'orbax-checkpoint>=0.11.0',
+        'tensorflow-datasets>=4.9.7',
+        'numpy>=1.26',
+        'scipy>=1.11',
+        'absl-py>=2.0',
+        'ml_collections>=0.1.1',
+        'matplotlib>=3.8',
+        'pillow>=10.0',
+    ],
+    extras_require={
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+    },
+)
