@@ -1,5 +1,7 @@
-"""Runs an absl `main` so that a UserError ends the process with one line and exit status 2."""
+"""Script plumbing: one-line errors with exit status 2, and loading config files by path."""
 
+import importlib.util
+import os
 import sys
 
 from absl import app
@@ -16,3 +18,11 @@ def run(main):
       sys.exit(2)
 
   app.run(guarded)
+
+
+def load_config(path, *args):
+  """`get_config(*args)` of the config file at `path`: lets a config extend a sibling file."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)

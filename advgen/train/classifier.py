@@ -1,0 +1,161 @@
+"""Training K classifiers at once: one compiled step vmapped over stacked states, data parallel.
+
+The K models differ only in their seed (initialization, data order, per-step randomness), as the
+papers train several models per setting. The batch is sharded over all local devices.
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from advgen import data, models
+from advgen.errors import UserError
+from advgen.train.checkpoint import Checkpoints
+from advgen.train import loop, state as state_lib, steps, variants, workdir as workdir_lib
+
+RESULTS = 'results.json'
+
+
+def data_mesh():
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def model_keys(seed, num_models):
+  """One key per model: model k of seed s is the same whatever K is."""
+  return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(jnp.arange(num_models))
+
+
+def predict(logits_fn, x, batch_size=500):
+  """Logits of `logits_fn` on all of `x`, in fixed-size batches (one compilation)."""
+  x = jnp.asarray(x)
+  n = x.shape[0]
+  padded = -(-n // batch_size) * batch_size
+  x = jnp.concatenate([x, jnp.zeros((padded - n,) + x.shape[1:], x.dtype)])
+  batches = x.reshape((-1, batch_size) + x.shape[1:])
+  out = jax.lax.map(logits_fn, batches)
+  return out.reshape((padded,) + out.shape[2:])[:n]
+
+
+def stacked_logits_fn(module, variables):
+  """`x -> logits (K, B, C)` for K stacked models."""
+  return lambda x: jax.vmap(lambda v: module.apply(v, x, train=False))(variables)
+
+
+def _validate(config, dataset):
+  if config.num_models < 1:
+    raise UserError(f'config.num_models must be at least 1, got {config.num_models}')
+  if config.batch_size < 1 or config.batch_size > len(dataset.y_train):
+    raise UserError(f'config.batch_size={config.batch_size} must be between 1 and the number of '
+                    f'training examples ({len(dataset.y_train)})')
+  if config.batch_size % jax.device_count():
+    raise UserError(f'config.batch_size={config.batch_size} must be divisible by the '
+                    f'{jax.device_count()} devices')
+
+
+def build(config, dataset):
+  """(module, initial stacked state, optax transform, schedule, steps per epoch)."""
+  module = models.classifier(config.model.name, dataset.num_classes,
+                             **config.model.get('kwargs', {}))
+  steps_per_epoch = len(dataset.y_train) // config.batch_size
+  tx, schedule = state_lib.optimizer(config.optimizer, steps_per_epoch)
+  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(model_keys(config.seed,
+                                                                       config.num_models))
+  init = jax.jit(jax.vmap(lambda k: state_lib.create(module, tx, k, dataset.input_shape)))
+  return module, init(init_keys), tx, schedule, steps_per_epoch
+
+
+def _multi_step(state, order, step, x_all, y_all, keys, *, module, tx, batch_transform,
+                batch_size, steps_per_epoch, sharding):
+  """One update of each of the K models on its own batch (rows of `order`)."""
+  start = (step % steps_per_epoch) * batch_size
+  index = jax.lax.dynamic_slice_in_dim(order, start, batch_size, axis=1)  # (K, B)
+  x = jax.lax.with_sharding_constraint(x_all[index], sharding)
+  y = y_all[index]
+  step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+  update = functools.partial(steps.train_step, module=module, tx=tx,
+                             batch_transform=batch_transform)
+  return jax.vmap(update)(state, x, y, step_keys)
+
+
+def train(config, workdir):
+  """Trains config.num_models classifiers in `workdir`; returns the results dict."""
+  results_path = os.path.join(workdir, RESULTS)
+  workdir_lib.prepare(workdir, config)
+  if os.path.exists(results_path):
+    raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
+                    'to train again')
+  dataset = data.load(config.dataset)
+  _validate(config, dataset)
+  module, state, tx, schedule, steps_per_epoch = build(config, dataset)
+  num_steps = config.num_epochs * steps_per_epoch
+  mesh = data_mesh()
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  x_train, y_train = jax.device_put((dataset.x_train, dataset.y_train), replicated)
+  keys = model_keys(config.seed, config.num_models)
+  order_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+  step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+  num_train = len(dataset.y_train)
+  epoch_order = jax.jit(lambda epoch: jax.vmap(
+      lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), num_train))(order_keys))
+  multi_step = jax.jit(functools.partial(
+      _multi_step, module=module, tx=tx, batch_transform=variants.batch_transform(config),
+      batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+      sharding=NamedSharding(mesh, P(None, 'data'))))
+
+  @functools.lru_cache(maxsize=1)
+  def order_of(epoch):
+    return epoch_order(epoch)
+
+  def train_step(state, step):
+    return multi_step(state, order_of(step // steps_per_epoch), step, x_train, y_train,
+                      step_keys)
+
+  def error_rates(state, x, y):
+    per_example = lambda b: jnp.swapaxes(stacked_logits_fn(module, state.variables)(b), 0, 1)
+    logits = jnp.swapaxes(predict(per_example, x, config.eval_batch_size), 0, 1)  # (K, N, C)
+    return np.asarray(jnp.mean(jnp.argmax(logits, -1) != jnp.asarray(y), axis=1))
+
+  def evaluate(state):
+    return {'test_error': error_rates(state, dataset.x_test, dataset.y_test)}
+
+  state = loop.fit(
+      workdir=workdir, state=state, train_step=train_step, num_steps=num_steps,
+      steps_per_epoch=steps_per_epoch, examples_per_step=config.batch_size * config.num_models,
+      evaluate=evaluate, log_every=config.log_every,
+      checkpoint_every=config.get('checkpoint_every_epochs', 1) * steps_per_epoch,
+      max_to_keep=config.get('max_checkpoints', 2),
+      extra_metrics=lambda step: {'learning_rate': float(schedule(step))})
+  train_error = error_rates(state, dataset.x_train, dataset.y_train)
+  test_error = error_rates(state, dataset.x_test, dataset.y_test)
+  results = {
+      'num_train': num_train, 'num_test': len(dataset.y_test), 'num_steps': num_steps,
+      'train_error': train_error.tolist(), 'test_error': test_error.tolist(),
+      'test_error_mean': float(test_error.mean()), 'test_error_std': float(test_error.std()),
+      'train_error_mean': float(train_error.mean()),
+  }
+  workdir_lib.write_results(results_path, results)
+  return results
+
+
+def restore(workdir, step=None):
+  """(config, dataset, module, stacked variables) of the classifiers trained in `workdir`."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise UserError(f'{workdir} holds no trained classifier (no config.json); train one with '
+                    f'scripts/train_classifier.py --workdir={workdir}')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  dataset = data.load(config.dataset)
+  module, state, _, _, _ = build(config, dataset)
+  checkpoints = Checkpoints(workdir)
+  state = checkpoints.restore(state, step)
+  checkpoints.close()
+  return config, dataset, module, state.variables

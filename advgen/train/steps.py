@@ -1,0 +1,35 @@
+"""Step functions: one update of a classifier on a (possibly transformed) batch, and evaluation.
+
+Training variants differ only in `batch_transform(logits_fn, x, y, key) -> (x, y)`, applied to
+each batch with its own key before the update, so one step and one loop serve them all.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from advgen import models
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(state, x, y, key, *, module, tx, batch_transform):
+  """One optimizer update; returns the new state and scalar metrics."""
+  transform_key, dropout_key = jax.random.split(key)
+  attacker_view = models.logits_fn(module, state.variables)
+  x, y = jax.lax.stop_gradient(batch_transform(attacker_view, x, y, transform_key))
+
+  def loss_fn(params):
+    logits, batch_stats = models.apply_train(module, {**state.variables, 'params': params}, x,
+                                             dropout_key)
+    return cross_entropy(logits, y), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+             'grad_norm': optax.global_norm(grads)}
+  return new_state, metrics

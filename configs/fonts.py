@@ -1,0 +1,27 @@
+"""Stutz et al.'s fonts classifier: conv net, Adam (lr 0.01, x0.95 per epoch, wd 1e-4), batch 100.
+
+  python scripts/train_classifier.py --config=configs/fonts.py --workdir=/tmp/advgen/fonts
+
+An optional argument sets the training-set size N: `--config=configs/fonts.py:1000`.
+"""
+
+import ml_collections
+
+
+def get_config(num_train=None):
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_models = 1
+  config.dataset = ml_collections.ConfigDict(dict(
+      name='fonts', difficulty='hard', num_train=int(num_train or 10000), num_test=1000, seed=0))
+  config.model = ml_collections.ConfigDict(dict(name='stutz_convnet', kwargs={}))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='adam', learning_rate=0.01, lr_decay=0.95, weight_decay=1e-4))
+  config.variant = ml_collections.ConfigDict(dict(name='normal'))
+  config.batch_size = 100
+  config.num_epochs = 20
+  config.eval_batch_size = 500
+  config.log_every = 100
+  config.checkpoint_every_epochs = 1
+  config.max_checkpoints = 2
+  return config
