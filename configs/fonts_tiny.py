@@ -12,7 +12,7 @@ def get_config():
   config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'), 300)
   config.dataset.num_test = 100
   config.num_models = 2
-  config.batch_size = 50
+  config.batch_size = 60
   config.num_epochs = 2
   config.eval_batch_size = 100
   config.log_every = 2

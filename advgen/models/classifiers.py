@@ -15,6 +15,7 @@ def _centre(x):
 
 
 def _batch_norm(train):
+  """Batch norm subtracts the mean, so layers feeding it carry no bias (its gradient is zero)."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
 
 
@@ -33,10 +34,10 @@ class StutzConvNet(nn.Module):
     num_conv = self.num_conv or (3 if x.shape[-2] <= 28 else 4)
     x = _centre(x)
     for features in self.channels[:num_conv]:
-      x = nn.Conv(features, (4, 4), strides=(2, 2), padding='SAME')(x)
+      x = nn.Conv(features, (4, 4), strides=(2, 2), padding='SAME', use_bias=False)(x)
       x = nn.relu(_batch_norm(train)(x))
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.relu(_batch_norm(train)(nn.Dense(self.hidden)(x)))
+    x = nn.relu(_batch_norm(train)(nn.Dense(self.hidden, use_bias=False)(x)))
     return nn.Dense(self.num_classes)(x)
 
 

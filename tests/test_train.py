@@ -1,0 +1,167 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from advgen.cli import load_config
+from advgen.errors import UserError
+from advgen.train import classifier, workdir as workdir_lib
+from conftest import ROOT
+
+TINY = os.path.join(ROOT, 'configs', 'fonts_tiny.py')
+
+
+def tiny_config(**overrides):
+  config = load_config(TINY)
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
+def params_of(workdir):
+  _, _, _, variables = classifier.restore(workdir)
+  return variables
+
+
+def assert_same_models(variables, reference):
+  """Equal up to float reordering (which Adam amplifies): far closer than two seeds' models."""
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(reference)):
+    seed_spread = np.abs(b[1] - b[0]).max()
+    assert np.abs(a - b[:len(a)]).max() < 0.05 * seed_spread
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('finished'))
+  return workdir, classifier.train(tiny_config(), workdir)
+
+
+def test_run_writes_metrics_results_and_checkpoints(finished):
+  workdir, results = finished
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
+                                         'results.json']
+  records = workdir_lib.MetricWriter(workdir).read()
+  logged = [r for r in records if 'loss' in r]
+  assert [r['step'] for r in logged] == list(range(2, 11, 2))
+  for key in ('loss', 'accuracy', 'learning_rate', 'steps_per_second', 'eta_seconds'):
+    assert np.isfinite(logged[-1][key])
+  assert len(logged[-1]['loss_per_model']) == 2
+  assert logged[-1]['loss'] < logged[0]['loss']
+  assert any('test_error' in r for r in records)
+  assert len(results['test_error']) == 2 and results['num_train'] == 300
+  # Two seeds give two different models.
+  assert results['train_error'][0] != results['train_error'][1] or (
+      results['test_error'][0] != results['test_error'][1])
+
+
+def test_finished_workdir_is_not_overwritten(finished):
+  workdir, _ = finished
+  before = open(os.path.join(workdir, 'results.json')).read()
+  with pytest.raises(UserError, match='already exists'):
+    classifier.train(tiny_config(), workdir)
+  with pytest.raises(UserError, match='different config'):
+    classifier.train(tiny_config(seed=5), workdir)
+  assert open(os.path.join(workdir, 'results.json')).read() == before
+
+
+class Killed(Exception):
+  pass
+
+
+def test_killed_run_resumes_to_the_same_numbers(finished, tmp_path, monkeypatch):
+  reference, reference_results = finished
+  workdir = str(tmp_path)
+  write = workdir_lib.MetricWriter.write
+
+  def dies_in_epoch_two(self, step, metrics):
+    write(self, step, metrics)
+    if step == 8:  # after the epoch-1 checkpoint (step 5), mid epoch 2
+      raise Killed()
+
+  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', dies_in_epoch_two)
+  with pytest.raises(Killed):
+    classifier.train(tiny_config(), workdir)
+  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write)
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  results = classifier.train(tiny_config(), workdir)
+  assert results == reference_results
+  jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(reference))
+  steps = [r['step'] for r in workdir_lib.MetricWriter(workdir).read()]
+  assert steps == sorted(set(steps))  # lines after the checkpoint were not duplicated
+
+
+def test_model_k_does_not_depend_on_how_many_are_trained_together(finished, tmp_path):
+  reference, _ = finished
+  classifier.train(tiny_config(num_models=1), str(tmp_path))
+  alone = params_of(str(tmp_path))
+  assert_same_models(alone, params_of(reference))
+
+
+def test_four_devices_train_the_same_model_as_one(finished, tmp_path):
+  reference, reference_results = finished
+  workdir = str(tmp_path / 'sharded')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  code = ('import jax, sys; assert jax.device_count() == 4; from advgen.cli import load_config; '
+          'from advgen.train import classifier; '
+          f'classifier.train(load_config({TINY!r}), {workdir!r})')
+  subprocess.run([sys.executable, '-c', code], env=env, check=True, cwd=ROOT,
+                 capture_output=True)
+  assert_same_models(params_of(workdir), params_of(reference))
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  np.testing.assert_allclose(results['test_error'], reference_results['test_error'], atol=0.02)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.name': 'transformer'}, 'unknown model'),
+    ({'optimizer.learning_rate': -0.1}, 'learning_rate must be positive'),
+    ({'dataset.name': 'fontz'}, 'unknown dataset'),
+    ({'batch_size': 1000}, 'batch_size=1000'),
+    ({'variant.name': 'magic'}, 'unknown training variant'),
+])
+def test_bad_config_is_a_one_line_error(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message) as error:
+    classifier.train(tiny_config(**overrides), str(tmp_path))
+  assert '\n' not in str(error.value)
+
+
+def test_divergence_stops_with_a_message_and_keeps_checkpoints(tmp_path):
+  config = tiny_config(**{'optimizer.learning_rate': 1e30, 'num_models': 1})
+  with pytest.raises(UserError, match='training diverged') as error:
+    classifier.train(config, str(tmp_path))
+  assert 'learning_rate' in str(error.value)
+  assert not os.path.exists(tmp_path / 'results.json')
+
+
+def _run_script(workdir, *flags):
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'scripts', 'train_classifier.py'), f'--config={TINY}',
+       f'--workdir={workdir}', *flags], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_script_resumes_and_reports_a_corrupt_checkpoint_in_one_line(finished, tmp_path):
+  reference, _ = finished
+  workdir = tmp_path / 'run'
+  done = _run_script(workdir, '--config.num_epochs=1')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'test error' in done.stdout
+  # Corrupt the only checkpoint, remove the results, and resume: a clear error, nothing deleted.
+  os.remove(workdir / 'results.json')
+  step_dir = workdir / 'checkpoints' / '5'
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  for path in files:
+    with open(path, 'wb') as f:
+      f.write(b'garbage')
+  failed = _run_script(workdir, '--config.num_epochs=1')
+  assert failed.returncode == 2
+  last_line = failed.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('error:') and 'unreadable' in last_line
+  assert sorted(os.listdir(step_dir)) and all(os.path.exists(p) for p in files)
