@@ -134,6 +134,7 @@ def test_bad_config_is_a_one_line_error(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message) as error:
     classifier.train(tiny_config(**overrides), str(tmp_path))
   assert '\n' not in str(error.value)
+  assert not os.path.exists(tmp_path / 'config.json')  # a fixed config can reuse the workdir
 
 
 def test_divergence_stops_with_a_message_and_keeps_checkpoints(tmp_path):

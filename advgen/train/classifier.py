@@ -84,20 +84,13 @@ def _multi_step(state, order, step, x_all, y_all, keys, *, module, tx, batch_tra
   return jax.vmap(update)(state, x, y, step_keys)
 
 
-def train(config, workdir):
-  """Trains config.num_models classifiers in `workdir`; returns the results dict."""
-  results_path = os.path.join(workdir, RESULTS)
-  workdir_lib.prepare(workdir, config)
-  if os.path.exists(results_path):
-    raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
-                    'to train again')
-  dataset = data.load(config.dataset)
-  _validate(config, dataset)
-  module, state, tx, schedule, steps_per_epoch = build(config, dataset)
-  num_steps = config.num_epochs * steps_per_epoch
-  mesh = data_mesh()
+def make_train_step(config, dataset, module, tx, steps_per_epoch, mesh):
+  """`train_step(state, step) -> (state, metrics)` for stacked states, data already on device.
+
+  Each model's data order is a per-epoch permutation of its own seed, so a run resumed at any
+  step sees the same batches as an uninterrupted one.
+  """
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
   x_train, y_train = jax.device_put((dataset.x_train, dataset.y_train), replicated)
   keys = model_keys(config.seed, config.num_models)
   order_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -117,6 +110,25 @@ def train(config, workdir):
   def train_step(state, step):
     return multi_step(state, order_of(step // steps_per_epoch), step, x_train, y_train,
                       step_keys)
+
+  return train_step
+
+
+def train(config, workdir):
+  """Trains config.num_models classifiers in `workdir`; returns the results dict."""
+  results_path = os.path.join(workdir, RESULTS)
+  if os.path.exists(results_path):
+    raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
+                    'to train again')
+  dataset = data.load(config.dataset)
+  _validate(config, dataset)
+  module, state, tx, schedule, steps_per_epoch = build(config, dataset)
+  workdir_lib.prepare(workdir, config)  # only a config that builds is recorded
+  num_steps = config.num_epochs * steps_per_epoch
+  mesh = data_mesh()
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  train_step = make_train_step(config, dataset, module, tx, steps_per_epoch, mesh)
+  num_train = len(dataset.y_train)
 
   def error_rates(state, x, y):
     per_example = lambda b: jnp.swapaxes(stacked_logits_fn(module, state.variables)(b), 0, 1)
