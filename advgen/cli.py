@@ -1,6 +1,7 @@
 """Script plumbing: one-line errors with exit status 2, and loading config files by path."""
 
 import importlib.util
+import logging
 import os
 import sys
 
@@ -9,7 +10,16 @@ from absl import app
 from advgen.errors import UserError
 
 
+class _LibraryChatter(logging.Filter):
+  """Drops checkpointing libraries' INFO lines so training progress stays readable."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
 def run(main):
+  logging.getLogger('absl').addFilter(_LibraryChatter())
+
   def guarded(argv):
     try:
       return main(argv)

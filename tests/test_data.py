@@ -52,6 +52,12 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
   assert '\n' not in message and 'tfds build mnist' in message and str(tmp_path) in message
 
 
+def test_missing_data_dir_is_named(tmp_path):
+  with pytest.raises(UserError, match='is not a directory') as error:
+    data.load(_config(name='cifar10', data_dir=str(tmp_path / 'nowhere')))
+  assert 'tfds build cifar10' in str(error.value)
+
+
 def test_unknown_dataset_and_bad_sizes():
   with pytest.raises(UserError, match='unknown dataset'):
     data.load(_config(name='imagenet'))

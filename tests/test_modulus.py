@@ -53,6 +53,22 @@ def test_linear_generator_ratios_lie_between_extreme_singular_values():
   assert np.all((estimate.ratio_quantile > rms) & (estimate.ratio_quantile <= 3.0 * (1 + 1e-5)))
 
 
+def test_ratios_match_an_eager_float64_reference():
+  """A small MLP decoder: the jitted, vmapped ratios equal a plain numpy computation."""
+  rng = np.random.default_rng(14)
+  w1, w2 = rng.standard_normal((LATENT_DIM, 16)), rng.standard_normal((16, 12)) / 4
+  decode = lambda z: jax.nn.sigmoid(jnp.tanh(z @ w1.astype(np.float32)) @ w2.astype(np.float32))
+  z = rng.standard_normal((32, LATENT_DIM))
+  directions = rng.standard_normal((32, 4, LATENT_DIM))
+  ratios = bounds.modulus.step_ratios(decode, jnp.asarray(z, jnp.float32),
+                                      jnp.asarray(directions, jnp.float32), jnp.asarray(RADII))
+  numpy_decode = lambda v: 1 / (1 + np.exp(-np.tanh(v @ w1) @ w2))
+  units = directions / np.linalg.norm(directions, axis=-1, keepdims=True)
+  expected = [np.linalg.norm(numpy_decode(z[:, None] + r * units) - numpy_decode(z)[:, None],
+                             axis=-1) / r for r in RADII]
+  np.testing.assert_allclose(ratios, expected, rtol=1e-4)
+
+
 def test_estimated_modulus_is_monotone_and_feeds_the_bound():
   decode = lambda z: jnp.tanh(3.0 * z)  # saturates: the ratio falls with the radius
   estimate = bounds.estimate_modulus(decode, jax.random.key(6), 3, [0.05, 0.2, 1.0, 4.0],

@@ -4,6 +4,8 @@ Datasets must be prepared once, on a machine with internet, into a `data_dir`; r
 uses `tfds.data_source`, which needs no TensorFlow for the array_record format.
 """
 
+import os
+
 import numpy as np
 from PIL import Image
 
@@ -38,6 +40,9 @@ def _prepare_hint(tfds_name, data_dir):
 
 def _source(tfds_name, split, data_dir):
   import tensorflow_datasets as tfds  # imported here: fonts and toy data need no tfds at all
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise UserError(f'config.dataset.data_dir={data_dir} is not a directory; '
+                    + _prepare_hint(tfds_name, data_dir))
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for a dataset that is not there

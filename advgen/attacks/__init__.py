@@ -1,0 +1,24 @@
+"""Adversarial attacks as jit-compiled pure functions of a `logits_fn` closure.
+
+    from advgen import attacks
+    threat = attacks.LinfBall(x, epsilon=0.3)
+    res = attacks.pgd(logits_fn, threat, y, key, num_steps=40, step_size=0.01)
+    res.x_adv, res.success, res.distance
+
+Threat models (`threat.py`) define the feasible set and what the classifier sees; one PGD engine
+serves regular, on-manifold and transformation attacks. `get(name)` selects an attack by name.
+"""
+
+from advgen.attacks.cw import carlini_wagner_l2
+from advgen.attacks.deepfool import deepfool
+from advgen.attacks.fgsm import fgsm
+from advgen.attacks.losses import margin
+from advgen.attacks.pgd import pgd, sweep
+from advgen.attacks.registry import ATTACKS, get
+from advgen.attacks.result import AttackResult
+from advgen.attacks.threat import L1Ball, L2Ball, LatentBall, LinfBall, TransformBall
+
+__all__ = [
+    'ATTACKS', 'AttackResult', 'L1Ball', 'L2Ball', 'LatentBall', 'LinfBall', 'TransformBall',
+    'carlini_wagner_l2', 'deepfool', 'fgsm', 'get', 'margin', 'pgd', 'sweep'
+]

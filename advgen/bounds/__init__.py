@@ -1,0 +1,31 @@
+"""Upper bounds on the robustness of any classifier of generated data (Fawzi et al., 2018).
+
+`isoperimetric`: Theorems 1, 3, 4 and their closed forms, float64 scalar math.
+`modulus`: moduli of continuity omega and their estimation from a decoder (sampled ratios,
+Jacobian spectral norms).
+"""
+
+from advgen.bounds.isoperimetric import (
+    check_class_probs,
+    equiprobable,
+    expected_gaussian_norm,
+    expected_robustness_upper_bound,
+    figure2_curve,
+    isoperimetric_probability,
+    isoperimetric_probability_equiprobable,
+    isoperimetric_probability_small_classes,
+    plot_figure2,
+    robustness_upper_bound,
+    robustness_upper_bound_equiprobable,
+    robustness_upper_bound_small_classes,
+    transfer_probability,
+)
+from advgen.bounds.modulus import (
+    Affine,
+    Empirical,
+    Identity,
+    Linear,
+    ModulusEstimate,
+    estimate_modulus,
+    jacobian_spectral_norm,
+)

@@ -1,0 +1,374 @@
+"""Flax Linen generators: VAE, VAE-GAN (Stutz et al.) and DCGAN (Fawzi et al.), and their plain
+functions.
+
+One `Generator` module holds an optional encoder, a decoder and an optional discriminator; a VAE
+has no discriminator, a DCGAN no encoder. Class-specific generators are K = num_classes parameter
+sets stacked along a leading model axis (a class-agnostic generator is the case K = 1), so every
+function here takes *stacked* variables. Downstream code sees only the closures
+`encode_fn(x, y) -> (mean, log_var)` and `decode_fn(z, y) -> x`, which pick the model of class y.
+
+Strided 4x4 convolutions and their transposes are written as patches times a matrix. They equal
+`nn.Conv` / `nn.ConvTranspose` with stride 2 and SAME padding, but `vmap` over stacked
+parameters turns them into batched matrix products, where XLA would otherwise emit grouped
+convolutions (slow on CPU) or input-dilated convolutions (very slow on CPU).
+"""
+
+import functools
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advgen.errors import UserError
+
+
+def _centre(x):
+  return 2.0 * x - 1.0
+
+
+def _batch_norm(train):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+
+
+def _half(size):
+  return -(-size // 2)
+
+
+class Conv4x4(nn.Module):
+  """4x4 convolution, stride 2, SAME padding: `nn.Conv(features, (4, 4), (2, 2), 'SAME')`.
+
+  Computed as space-to-depth, 2x2 patches and one matrix product.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (4, 4, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    ho, wo = _half(h), _half(w)
+    pad_h, pad_w = 2 * ho + 2 - h, 2 * wo + 2 - w  # SAME padding; the padded size is even
+    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                    (0, 0)))
+    s2d = x.reshape(b, ho + 1, 2, wo + 1, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    s2d = s2d.reshape(b, ho + 1, wo + 1, 4 * c)
+    patches = jnp.concatenate([s2d[:, i:i + ho, j:j + wo] for i in range(2) for j in range(2)], -1)
+    # Patch channels are ordered (i, j, di, dj, c) for kernel entry (2i + di, 2j + dj).
+    matrix = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
+    return patches @ matrix.reshape(16 * c, self.features) + bias
+
+
+class ConvTranspose4x4(nn.Module):
+  """Transposed 4x4 convolution, stride 2, SAME padding (output 2H x 2W):
+  `nn.ConvTranspose(features, (4, 4), (2, 2), 'SAME')`.
+
+  Each of the four output parities is a 2x2 convolution of the input (a sub-pixel convolution),
+  computed as patches times a matrix; the parities are then interleaved.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (4, 4, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = []
+    for a in range(2):
+      row = []
+      for e in range(2):
+        taps = [(di, dj) for di in range(2) for dj in range(2)]
+        patches = jnp.concatenate([padded[:, a + di:a + di + h, e + dj:e + dj + w]
+                                   for di, dj in taps], -1)
+        matrix = jnp.stack([kernel[a + 2 * di, e + 2 * dj] for di, dj in taps])
+        row.append(patches @ matrix.reshape(4 * c, self.features))
+      rows.append(jnp.stack(row, 3))  # (b, h, w, 2, f): column parity
+    out = jnp.stack(rows, 2)  # (b, h, 2, w, 2, f): row parity
+    return out.reshape(b, 2 * h, 2 * w, self.features) + bias
+
+
+class Encoder(nn.Module):
+  """Stutz et al.: 4x4 stride-2 convs (BN, ReLU), then a dense layer to mean and log-variance."""
+  latent_dim: int
+  channels: Sequence[int]
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = _centre(x)
+    for features in self.channels:
+      x = nn.relu(_batch_norm(train)(Conv4x4(features)(x)))
+    x = nn.Dense(2 * self.latent_dim)(x.reshape(x.shape[0], -1))
+    return x[:, :self.latent_dim], x[:, self.latent_dim:]
+
+
+class Decoder(nn.Module):
+  """Dense to a small map of channels[0], then one 4x4 stride-2 transposed conv per further entry
+  of `channels` and a last one to the image channels, BN and ReLU between, sigmoid output.
+
+  The starting size is the image size halved len(channels) times (rounded up); maps that come out
+  one pixel too large (e.g. 8 -> 7 on the way to 28) are cropped.
+  """
+  image_shape: Sequence[int]
+  channels: Sequence[int]
+
+  @nn.compact
+  def __call__(self, z, train=False):
+    height, width, out_channels = self.image_shape
+    sizes = [(height, width)]
+    for _ in self.channels:
+      sizes.append((_half(sizes[-1][0]), _half(sizes[-1][1])))
+    sizes = sizes[::-1]
+    (h0, w0), features = sizes[0], self.channels[0]
+    x = nn.Dense(h0 * w0 * features)(z).reshape(z.shape[0], h0, w0, features)
+    x = nn.relu(_batch_norm(train)(x))
+    widths = list(self.channels[1:]) + [out_channels]
+    for i, features in enumerate(widths):
+      h, w = sizes[i + 1]
+      x = ConvTranspose4x4(features)(x)[:, :h, :w]
+      if i + 1 < len(widths):
+        x = nn.relu(_batch_norm(train)(x))
+    return nn.sigmoid(x)
+
+
+class Discriminator(nn.Module):
+  """A small conv net (4x4 stride-2 convs, leaky ReLU, no normalization) to one logit."""
+  channels: Sequence[int]
+
+  @nn.compact
+  def __call__(self, x):
+    x = _centre(x)
+    for features in self.channels:
+      x = nn.leaky_relu(Conv4x4(features)(x), 0.2)
+    return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+class Generator(nn.Module):
+  """Encoder (if `encoder_channels`), decoder and discriminator (if `discriminator_channels`).
+
+  Parameters live under 'encoder', 'decoder' and 'discriminator', each trained by its own loss.
+  """
+  image_shape: Sequence[int]
+  latent_dim: int
+  decoder_channels: Sequence[int]
+  encoder_channels: Optional[Sequence[int]] = None
+  discriminator_channels: Optional[Sequence[int]] = None
+
+  def setup(self):
+    self.decoder = Decoder(tuple(self.image_shape), tuple(self.decoder_channels))
+    if self.encoder_channels:
+      self.encoder = Encoder(self.latent_dim, tuple(self.encoder_channels))
+    if self.discriminator_channels:
+      self.discriminator = Discriminator(tuple(self.discriminator_channels))
+
+  @property
+  def has_encoder(self):
+    return bool(self.encoder_channels)
+
+  @property
+  def has_discriminator(self):
+    return bool(self.discriminator_channels)
+
+  def encode(self, x, train=False):
+    return self.encoder(x, train)
+
+  def decode(self, z, train=False):
+    return self.decoder(z, train)
+
+  def discriminate(self, x):
+    return self.discriminator(x)
+
+  def reconstruct(self, x):
+    """The decoded encoder mean (inference mode)."""
+    return self.decode(self.encode(x)[0])
+
+  def __call__(self, x, train=False):
+    """Runs every part once (for `init`)."""
+    out = {'image': self.decode(jnp.zeros((x.shape[0], self.latent_dim), x.dtype), train)}
+    if self.has_encoder:
+      out['mean'], out['log_var'] = self.encode(x, train)
+    if self.has_discriminator:
+      out['logit'] = self.discriminate(x)
+    return out
+
+
+def _small(image_shape, limit):
+  return max(image_shape[:2]) <= limit
+
+
+def vae(image_shape, latent_dim=10, encoder_channels=None, decoder_channels=None):
+  """Stutz's VAE: three convs (64/128/256) for 28x28 images, four (to 512) for larger ones."""
+  if encoder_channels is None:
+    encoder_channels = (64, 128, 256) if _small(image_shape, 28) else (64, 128, 256, 512)
+  if decoder_channels is None:
+    decoder_channels = tuple(encoder_channels)[::-1]
+  return Generator(tuple(image_shape), latent_dim, tuple(decoder_channels),
+                   tuple(encoder_channels), None)
+
+
+def vaegan(image_shape, latent_dim=10, encoder_channels=None, decoder_channels=None,
+           discriminator_channels=None):
+  """Stutz's VAE-GAN: the VAE plus a small conv discriminator."""
+  base = vae(image_shape, latent_dim, encoder_channels, decoder_channels)
+  if discriminator_channels is None:
+    discriminator_channels = (32, 64, 128) if _small(image_shape, 28) else (32, 64, 128, 256)
+  return base.clone(discriminator_channels=tuple(discriminator_channels))
+
+
+def dcgan(image_shape, latent_dim=100, decoder_channels=None, discriminator_channels=None):
+  """DCGAN (Radford et al.; Fawzi et al.'s generator for SVHN and CIFAR-10), prior N(0, I)."""
+  small = _small(image_shape, 32)
+  if decoder_channels is None:
+    decoder_channels = (256, 128, 64) if small else (512, 256, 128, 64)
+  if discriminator_channels is None:
+    discriminator_channels = (64, 128, 256) if small else (64, 128, 256, 512)
+  return Generator(tuple(image_shape), latent_dim, tuple(decoder_channels), None,
+                   tuple(discriminator_channels))
+
+
+GENERATORS = {'vae': vae, 'vaegan': vaegan, 'dcgan': dcgan}
+
+
+def _tuples(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def create(name, image_shape, **kwargs):
+  """The generator module registered as `name` for images of `image_shape` (H, W, C)."""
+  if name not in GENERATORS:
+    raise UserError(f'unknown generator {name!r}; choose one of {", ".join(GENERATORS)}')
+  try:
+    module = GENERATORS[name](tuple(image_shape), **{k: _tuples(v) for k, v in kwargs.items()})
+  except TypeError as e:
+    raise UserError(f'bad settings for generator {name!r}: {e}') from None
+  if module.latent_dim < 1:
+    raise UserError(f'latent_dim of generator {name!r} must be positive, got {module.latent_dim}')
+  return module
+
+
+# --- Plain functions over stacked variables (leading model axis K). ---
+
+
+def num_models(variables):
+  return jax.tree.leaves(variables)[0].shape[0]
+
+
+def model_variables(variables, k):
+  """The variables of model `k` out of stacked ones."""
+  return jax.tree.map(lambda v: v[k], variables)
+
+
+def _apply(module, method):
+  return lambda v, inputs: module.apply(v, inputs, method=method)
+
+
+def _select(outputs, y):
+  """outputs (K, B, ...) -> (B, ...): example i from model y_i."""
+  return jax.tree.map(lambda o: o[y, jnp.arange(o.shape[1])], outputs)
+
+
+def _per_example(module, variables, method, name):
+  apply = _apply(module, method)
+  if num_models(variables) == 1:
+    single = model_variables(variables, 0)
+    return lambda inputs, y=None: apply(single, inputs)
+
+  def fn(inputs, y=None):
+    if y is None:
+      raise UserError(f'these generators are class-specific: call {name}(..., y) with the labels')
+    # Every class model runs on the whole batch and each example keeps its own class's output:
+    # K times the work of one model, but dense and static-shaped (gathering per-example
+    # parameters would copy the weights B times and turn each layer into B tiny products).
+    return _select(jax.vmap(apply, (0, None))(variables, inputs), jnp.asarray(y))
+
+  return fn
+
+
+def encode_fn(module, variables):
+  """`(x, y=None) -> (mean, log_var)`: the encoder of each example's class (inference mode)."""
+  return _per_example(module, variables, 'encode', 'encode_fn')
+
+
+def decode_fn(module, variables):
+  """`(z, y=None) -> x`: the decoder of each example's class, so decoded images keep label y.
+
+  For a class-agnostic generator (K = 1) `y` is ignored. When every example has the same class
+  `class_decode_fn` is K times cheaper.
+  """
+  return _per_example(module, variables, 'decode', 'decode_fn')
+
+
+def class_decode_fn(module, variables, k):
+  """`z -> x` through the decoder of model `k` alone."""
+  return functools.partial(_apply(module, 'decode'), model_variables(variables, k))
+
+
+def class_encode_fn(module, variables, k):
+  """`x -> (mean, log_var)` through the encoder of model `k` alone."""
+  return functools.partial(_apply(module, 'encode'), model_variables(variables, k))
+
+
+def truncated_prior(key, shape, bound=2.0):
+  """Latent codes from N(0, I) resampled into [-bound, bound] (Stutz's truncated prior)."""
+  return jax.random.truncated_normal(key, -bound, bound, shape)
+
+
+def group_by_class(labels, num_models):
+  """Per-model example indices, padded: (index (K, m) int32, counts (K,)).
+
+  Row k lists the examples of class k (all examples when K = 1), padded with its first entry up
+  to the largest class size m.
+  """
+  labels = np.asarray(labels)
+  if num_models == 1:
+    return np.arange(len(labels), dtype=np.int32)[None], np.array([len(labels)])
+  rows = [np.flatnonzero(labels == k) for k in range(num_models)]
+  counts = np.array([len(r) for r in rows])
+  if counts.min() == 0:
+    raise UserError(f'class {int(np.argmin(counts))} has no examples; class-specific generators '
+                    'need every class (set config.class_specific=False or add data)')
+  width = counts.max()
+  index = np.stack([np.concatenate([r, np.full(width - len(r), r[0])]) for r in rows])
+  return index.astype(np.int32), counts
+
+
+@functools.partial(jax.jit, static_argnames=('module', 'method', 'batch_size'))
+def _grouped(variables, x, *, module, method, batch_size):
+  """x (K, m, ...) with m a multiple of batch_size -> outputs of model k on row k."""
+  apply = _apply(module, method)
+
+  def one(v, rows):
+    batches = rows.reshape((-1, batch_size) + rows.shape[1:])
+    out = jax.lax.map(lambda b: apply(v, b), batches)
+    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:]), out)
+
+  return jax.vmap(one)(variables, x)
+
+
+def apply_by_class(module, variables, x, y=None, method='encode', batch_size=500):
+  """`module.<method>` of each example's class model on all of `x`, in fixed-size batches.
+
+  Examples are grouped by class on the host so each is processed by its own model only (no K-fold
+  work); outputs come back in the order of `x`. `method` is 'encode', 'decode' or 'reconstruct'.
+  """
+  k = num_models(variables)
+  if k > 1 and y is None:
+    raise UserError('these generators are class-specific: pass the labels y')
+  x = np.asarray(x)
+  index, counts = group_by_class(np.zeros(len(x), np.int32) if k == 1 else y, k)
+  batch_size = int(min(batch_size, index.shape[1]))
+  width = -(-index.shape[1] // batch_size) * batch_size
+  index = np.concatenate([index, np.repeat(index[:, :1], width - index.shape[1], 1)], 1)
+  out = jax.device_get(_grouped(variables, jnp.asarray(x[index]), module=module, method=method,
+                                batch_size=batch_size))
+
+  def scatter(o):
+    result = np.zeros((len(x),) + o.shape[2:], o.dtype)
+    for row, count in enumerate(counts):
+      result[index[row, :count]] = o[row, :count]
+    return result
+
+  return jax.tree.map(scatter, out)

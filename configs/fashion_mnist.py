@@ -1,0 +1,22 @@
+"""Fashion-MNIST with Stutz's conv net. Needs the tfds dataset prepared offline (README).
+
+  python scripts/train_classifier.py --config=configs/fashion_mnist.py --workdir=/tmp/advgen/fashion_mnist \
+      --config.dataset.data_dir=/data/tfds
+"""
+
+import os
+
+from ml_collections import config_dict
+
+from advgen.cli import load_config
+
+
+def get_config():
+  config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'))
+  config.dataset = dict(name='fashion_mnist', num_train=config_dict.placeholder(int),
+                        num_test=config_dict.placeholder(int), seed=0,
+                        data_dir=config_dict.placeholder(str))
+  config.model.name = 'stutz_convnet'
+  config.optimizer.learning_rate = 0.001
+  config.num_epochs = 20
+  return config

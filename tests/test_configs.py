@@ -1,0 +1,34 @@
+import glob
+import os
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+from advgen import data
+from advgen.cli import load_config
+from advgen.train import classifier
+from conftest import ROOT
+
+CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
+                      'cifar10', 'celeba', 'spheres', 'circle']
+
+
+def test_every_config_documents_its_command():
+  for path in glob.glob(os.path.join(ROOT, 'configs', '*.py')):
+    name = os.path.basename(path)
+    module_doc = open(path).read().split('"""')[1]
+    assert f'--config=configs/{name}' in module_doc, name
+
+
+@pytest.mark.parametrize('name', CLASSIFIER_CONFIGS)
+def test_classifier_configs_build(name):
+  config = load_config(os.path.join(ROOT, 'configs', f'{name}.py'))
+  with config.unlocked():
+    config.dataset.num_train, config.dataset.num_test = 20, 10
+  with tfds.testing.mock_data(num_examples=30):
+    dataset = data.load(config.dataset)
+  config.batch_size = 10
+  module, state, _, _, _ = classifier.build(config, dataset)
+  assert jax.tree.leaves(state.params)[0].shape[0] == config.num_models
+  assert module.num_classes == dataset.num_classes
