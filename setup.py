@@ -8,7 +8,10 @@ setup(
     packages=find_packages(include=['advgen', 'advgen.*']),
     python_requires='>=3.10',
     install_requires=[
-        'jax>=0.5.0',
+        # jaxlib 0.10.2 silently miscompiles vmapped matmul + reduce on CPU (jax-ml/jax#39103),
+        # and 0.10.2/0.11.0 can hang in the same fusion (jax-ml/jax#39257).
+        'jax>=0.5.0,!=0.10.2,!=0.11.0',
+        'jaxlib!=0.10.2,!=0.11.0',
         'flax>=0.10.0',
         'optax>=0.2.4',
         'orbax-checkpoint>=0.11.0',
