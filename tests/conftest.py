@@ -21,5 +21,15 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
 @pytest.fixture(scope='session')
+def trained_tiny(tmp_path_factory):
+  """(workdir, results) of configs/fonts_tiny.py: two fonts classifiers, trained once."""
+  from advgen.cli import load_config
+  from advgen.train import classifier
+  workdir = str(tmp_path_factory.mktemp('trained_tiny'))
+  config = load_config(os.path.join(ROOT, 'configs', 'fonts_tiny.py'))
+  return workdir, classifier.train(config, workdir)
+
+
+@pytest.fixture(scope='session')
 def fonts_manifold():
   return fonts.manifold('hard')

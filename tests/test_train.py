@@ -38,10 +38,9 @@ def assert_same_models(variables, reference):
     assert np.abs(a - b[:len(a)]).max() < 0.05 * seed_spread
 
 
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('finished'))
-  return workdir, classifier.train(tiny_config(), workdir)
+@pytest.fixture
+def finished(trained_tiny):
+  return trained_tiny
 
 
 def test_run_writes_metrics_results_and_checkpoints(finished):

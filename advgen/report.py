@@ -1,0 +1,38 @@
+"""Figures written into a workdir: image grids like the papers' figures."""
+
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+
+def signed_difference(a, b):
+  """b - a mapped to [0, 1] around grey 0.5, scaled by its largest magnitude, for display."""
+  d = np.asarray(b, np.float32) - np.asarray(a, np.float32)
+  return 0.5 + 0.5 * d / max(float(np.abs(d).max()), 1e-8)
+
+
+def image_rows(rows, row_titles, path, column_titles=None):
+  """Saves rows of equally many NHWC images in [0, 1] as one PNG grid."""
+  num_rows, num_cols = len(rows), len(rows[0])
+  fig, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * 1.1, num_rows * 1.2),
+                           squeeze=False)
+  for r, (images, title) in enumerate(zip(rows, row_titles)):
+    for c, image in enumerate(images):
+      ax = axes[r, c]
+      image = np.asarray(image)
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray', vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_ylabel(title, fontsize=7, rotation=0, ha='right', va='center')
+      if r == 0 and column_titles is not None:
+        ax.set_title(column_titles[c], fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
