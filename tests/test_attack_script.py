@@ -21,7 +21,8 @@ def attacked(trained_tiny, tmp_path_factory):
 
 def test_every_configured_attack_is_reported_for_every_model(attacked):
   workdir, config, results = attacked
-  assert json.load(open(os.path.join(workdir, robustness.RESULTS))) == results
+  stored = json.load(open(os.path.join(workdir, robustness.RESULTS)))
+  assert json.dumps(stored, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN-safe
   assert results['num_images'] == config.num_images and results['num_models'] == 2
   for name in config.attacks:
     per_model = results[name]['per_model']
