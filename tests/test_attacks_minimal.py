@@ -55,6 +55,9 @@ def test_deepfool_finds_the_nearest_of_many_linear_boundaries():
   restricted = np.take_along_axis(distances, top2, axis=-1).min(-1)
   res2 = attacks.deepfool(multi, _X, jnp.asarray(y), num_classes=2)
   np.testing.assert_allclose(res2.distance, 1.02 * restricted, rtol=1e-4)
+  cache = attacks.deepfool._cache_size()
+  attacks.deepfool(multi, 1.0 - _X, jnp.asarray(y), num_classes=2)
+  assert attacks.deepfool._cache_size() == cache  # a new batch: no retrace
 
   mapped = jax.vmap(lambda xi, yi: attacks.deepfool(multi, xi[None], yi[None], num_classes=2))(
       _X, jnp.asarray(y))
@@ -64,7 +67,8 @@ def test_deepfool_finds_the_nearest_of_many_linear_boundaries():
 def test_carlini_wagner_approaches_the_minimal_l2_perturbation():
   distances, y = _distances_to_boundaries(binary, _W_BINARY, 'l2')
   w_norm = np.linalg.norm(np.asarray(_W_BINARY[:, 0] - _W_BINARY[:, 1]))
-  for kappa in (0.0, 0.5):
+  caches = set()
+  for kappa in (0.0, 0.5):  # kappa is traced: one compiled program
     res = attacks.carlini_wagner_l2(binary, _X, jnp.asarray(y), kappa=kappa, c_init=0.1,
                                     binary_search_steps=8, num_steps=150, lr=0.02)
     minimal = distances.min(-1) + kappa / w_norm  # the margin must pass -kappa
@@ -72,6 +76,8 @@ def test_carlini_wagner_approaches_the_minimal_l2_perturbation():
     assert np.all(-np.asarray(attacks.margin(res.logits, jnp.asarray(y))) >= kappa - 1e-4)
     assert np.all(res.distance >= minimal * (1 - 1e-3))
     assert np.all(res.distance <= minimal * 1.05)
+    caches.add(attacks.carlini_wagner_l2._cache_size())
+  assert len(caches) == 1
 
 
 def test_constant_classifier_is_never_fooled():

@@ -114,7 +114,10 @@ def test_constant_classifier_is_never_fooled():
   res = attacks.pgd(constant, attacks.LinfBall(x, 0.5), y, jax.random.key(0), num_steps=3,
                     step_size=0.1, restarts=2)
   assert not np.any(res.success) and not np.any(res.restart_success)
-  assert not np.any(attacks.fgsm(constant, attacks.L2Ball(x, 2.0), y).success)
+  fast = attacks.fgsm(constant, attacks.L2Ball(x, 2.0), y, jax.random.key(1), random_start=True,
+                      step_size=2.5)  # FGSM with random start and a step beyond the radius
+  assert not np.any(fast.success)
+  assert np.all(np.asarray(fast.distance) <= 2.0 * (1 + 1e-5)) and fast.x_adv.min() >= 0.0
 
 
 def test_targeted_attack_reaches_the_target_and_restarts_report_each_run():
@@ -133,7 +136,7 @@ def test_optax_step_rule_attacks_with_adam():
   x = jax.random.uniform(_KEYS[3], SHAPE)
   y = jnp.argmax(blocks(x), -1)
   res = attacks.pgd(blocks, attacks.LinfBall(x, 0.3), y, jax.random.key(0), num_steps=20,
-                    step_rule=optax.adam(0.05))
+                    step_rule=optax.adam(0.05), random_start=False)
   assert np.all(res.success)
   assert np.all(np.asarray(res.distance) <= 0.3 + 1e-6)
   with pytest.raises(UserError):

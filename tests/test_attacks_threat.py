@@ -55,6 +55,14 @@ def test_image_balls_are_feasible_and_projections_idempotent(ball, shape):
   np.testing.assert_array_equal(threat.init(), threat.x)
 
 
+def test_threat_types_have_distinct_tree_structures():
+  """jit caches programs by tree structure: an L2 ball must never reuse an L-inf ball's program
+  (structures of jax.tree_util.register_dataclass types with equal field counts compare equal)."""
+  x = jnp.zeros((2, 3, 3, 1))
+  structures = [jax.tree.structure(ball(x, 0.1)) for ball in IMAGE_BALLS]
+  assert all(a != b for i, a in enumerate(structures) for b in structures[i + 1:])
+
+
 @pytest.mark.parametrize('ball', IMAGE_BALLS)
 def test_zero_radius_projects_onto_the_centre(ball):
   threat = _ball(ball, SHAPES[0], jax.random.key(0), 0.0)
@@ -113,15 +121,16 @@ def test_transform_ball_shows_the_warp_of_its_parameters():
   ranges = transforms.RANGES['easy']
   epsilon = jnp.array([0.05, 0.05, 0.1, 0.1, 0.2, 0.3])
   threat = attacks.TransformBall(x, epsilon, ranges)
-  _, t = _start_and_project(threat, jax.random.key(0),
-                            threat.init() + jax.random.normal(jax.random.key(0), (2, 6)))
-  assert np.all(np.abs(np.asarray(t - transforms.IDENTITY)) <= epsilon + 1e-6)
-  assert np.all(t >= ranges[0]) and np.all(t <= ranges[1])
+  start, t = _start_and_project(threat, jax.random.key(0),
+                                threat.init() + jax.random.normal(jax.random.key(0), (2, 6)))
+  for params in (start, t):
+    assert np.all(np.abs(np.asarray(params - transforms.IDENTITY)) <= epsilon + 1e-6)
+    assert np.all(params >= ranges[0]) and np.all(params <= ranges[1])
   np.testing.assert_allclose(threat.to_input(t), _warp(x, t), atol=1e-5)
 
   logits_fn = lambda images: jnp.stack([images.mean((1, 2, 3)), -images.mean((1, 2, 3))], -1)
   res = attacks.pgd(logits_fn, threat, jnp.zeros(2, jnp.int32), jax.random.key(1), num_steps=3,
-                    step_size=0.05)
+                    step_size=0.05, random_start=False)
   np.testing.assert_allclose(res.x_adv, _warp(x, res.v), atol=1e-5)
   assert np.all(np.abs(np.asarray(res.v - transforms.IDENTITY)) <= epsilon + 1e-6)
   np.testing.assert_allclose(res.distance, np.abs(res.v - transforms.IDENTITY).max(-1), atol=1e-6)
@@ -141,12 +150,11 @@ def test_on_true_manifold_attack_returns_exact_renderings_within_ranges():
   np.testing.assert_allclose(res.x_adv, manifold.render(font, labels, res.v), atol=1e-5)
   assert np.all(res.v >= manifold.ranges[0]) and np.all(res.v <= manifold.ranges[1])
   assert np.all(np.abs(np.asarray(res.v - theta)) <= epsilon + 1e-6)
+  assert np.mean(np.abs(np.asarray(res.v - theta)) > 1e-3) > 0.5  # theta did move
   np.testing.assert_allclose(res.l2, np.linalg.norm((res.x_adv - images).reshape(6, -1), axis=1),
                              rtol=1e-5, atol=1e-5)
 
-  # The same attack with per-batch arrays as `context` reuses one decode_fn across batches.
+  # Per-batch arrays can travel as `context` instead, so one decode_fn serves every batch.
   render = lambda t, context: manifold.render(context[0], context[1], t)
   with_context = attacks.LatentBall(render, theta, epsilon, manifold.ranges, (font, labels))
-  again = attacks.pgd(logits_fn, with_context, jnp.asarray(labels), jax.random.key(2),
-                      num_steps=4, step_size=0.05, restarts=2)
-  np.testing.assert_allclose(again.v, res.v, atol=1e-6)
+  np.testing.assert_allclose(with_context.to_input(res.v), res.x_adv, atol=1e-5)

@@ -5,15 +5,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
-from advgen.attacks import losses, norms, result
+from advgen.attacks import canonical, losses, norms, result
+from advgen.attacks.pytree import Pytree
 
 _NO_BOUND = 1e10
 
 
-@struct.dataclass
-class _Search:
+class _Search(Pytree):
   """Per-example binary search over c and the best (smallest L2) success so far."""
   c: jax.Array
   lower: jax.Array
@@ -56,7 +55,7 @@ def carlini_wagner_l2(logits_fn, x, y, *, targeted=False, kappa=0.0, c_init=1e-3
     distance = jnp.sum(jnp.square(image - x), axis=tuple(range(1, x.ndim)))
     return jnp.sum(distance + c * _hinge(logits, y, targeted, kappa)), (image, distance, logits)
 
-  grad_fn = jax.value_and_grad(penalized, has_aux=True)
+  grad_fn = canonical.canonical_convolutions(jax.value_and_grad(penalized, has_aux=True))
 
   def record(search, found, image, distance, logits):
     hit = _confident(logits, y, targeted, kappa)

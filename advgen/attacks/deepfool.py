@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from advgen.attacks import losses, norms, result
+from advgen.attacks import canonical, losses, norms, result
 from advgen.errors import UserError
 
 _DUAL = {'l2': norms.l2, 'linf': norms.l1}
@@ -43,11 +43,16 @@ def deepfool(logits_fn, x, y, *, norm='l2', overshoot=0.02, max_iter=50, num_cla
                             own[:, None].astype(x.dtype), 1, 0)  # (others, B, K)
   image = lambda r: jnp.clip(x + (1.0 + overshoot) * r, 0.0, 1.0)
 
+  @canonical.canonical_convolutions
+  def linearize(point):
+    """Logits and the gradients of f_k - f_y, (others, B, H, W, C), at `point`."""
+    logits, vjp = jax.vjp(logits_fn, point)
+    return logits, jax.vmap(vjp)(cotangents)[0]
+
   def body(state):
     i, r, active, _ = state
-    logits, vjp = jax.vjp(logits_fn, image(r))
+    logits, w = linearize(image(r))
     active &= ~losses.success(logits, y, False)
-    w = jax.vmap(vjp)(cotangents)[0]  # (others, B, H, W, C): gradients of f_k - f_y
     f = (jnp.take_along_axis(logits, candidates, axis=-1) - jnp.take_along_axis(
         logits, y[:, None], axis=-1)).T  # (others, B)
     dual = jax.vmap(_DUAL[norm])(w)

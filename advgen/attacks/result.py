@@ -1,13 +1,12 @@
 """The pytree every attack returns."""
 
 import jax
-from flax import struct
 
 from advgen.attacks import norms
+from advgen.attacks.pytree import Pytree
 
 
-@struct.dataclass
-class AttackResult:
+class AttackResult(Pytree):
   """Per-example outcome of an attack; axis 0 is the batch.
 
   x_adv: the input shown to the classifier. v: the optimized variable (image, latent code or

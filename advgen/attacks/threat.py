@@ -1,8 +1,8 @@
 """Threat models: the feasible set an attack searches and what the classifier sees.
 
-A threat model is a pytree (a flax.struct dataclass) holding a batch of centres, so it passes
-through `jit` and `vmap`; an epsilon sweep is a `vmap` over `threat.replace(epsilon=...)`. Each one
-offers:
+A threat model is a pytree (a frozen dataclass, see `pytree.py`) holding a batch of centres, so it
+passes through `jit` and `vmap`; an epsilon sweep is a `vmap` over `threat.replace(epsilon=...)`.
+Each one offers:
 
 - `init(key=None)`: the deterministic start (the centre) for `key=None`, else a random point of
   the set;
@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from advgen import transforms
 from advgen.attacks import norms
+from advgen.attacks.pytree import Pytree, static_field
 
 _BISECTION_STEPS = 24  # float32 resolution of the multiplier's bracket
 
@@ -70,8 +70,7 @@ def soft_threshold(p, threshold):
   return jnp.sign(p) * jnp.maximum(jnp.abs(p) - norms.expand(threshold, p), 0.0)
 
 
-@struct.dataclass
-class _ImageBall:
+class _ImageBall(Pytree):
   """A norm ball of radius `epsilon` around images `x`, intersected with the [0, 1] box."""
   x: jax.Array
   epsilon: Any
@@ -86,7 +85,6 @@ class _ImageBall:
     return jnp.broadcast_to(jnp.asarray(self.epsilon, self.x.dtype), self.x.shape[:1])
 
 
-@struct.dataclass
 class LinfBall(_ImageBall):
   """L-inf ball and box: both are boxes, so the projection (a clip) is exact."""
   step_rule = 'sign'
@@ -105,7 +103,6 @@ class LinfBall(_ImageBall):
     return norms.linf(v - self.x)
 
 
-@struct.dataclass
 class L2Ball(_ImageBall):
   """L2 ball and box.
 
@@ -138,7 +135,6 @@ class L2Ball(_ImageBall):
     return norms.l2(v - self.x)
 
 
-@struct.dataclass
 class L1Ball(_ImageBall):
   """L1 ball and box.
 
@@ -170,8 +166,7 @@ class L1Ball(_ImageBall):
     return norms.l1(v - self.x)
 
 
-@struct.dataclass
-class LatentBall:
+class LatentBall(Pytree):
   """L-inf ball of radius `epsilon` around latent codes `z` (B, d), intersected with a latent box.
 
   The classifier sees `decode_fn(z')` (or `decode_fn(z', context)` when `context` is given). Used
@@ -181,7 +176,7 @@ class LatentBall:
   per model and pass per-batch arrays (fonts, labels of a class-specific decoder) as `context`, so a
   new batch does not retrace.
   """
-  decode_fn: Callable = struct.field(pytree_node=False)
+  decode_fn: Callable = static_field()
   z: jax.Array
   epsilon: Any
   box: Any
@@ -210,8 +205,7 @@ class LatentBall:
     return jnp.asarray(self.epsilon, self.z.dtype)
 
 
-@struct.dataclass
-class TransformBall:
+class TransformBall(Pytree):
   """Affine parameters within an L-inf ball around the identity, clipped to `ranges` (2, 6).
 
   The classifier sees `transforms.transform(x, t)` (Stutz et al., eq. 5). `epsilon` is a scalar or
