@@ -168,3 +168,31 @@ def test_script_resumes_and_reports_a_corrupt_checkpoint_in_one_line(finished, t
   last_line = failed.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error:') and 'unreadable' in last_line
   assert sorted(os.listdir(step_dir)) and all(os.path.exists(p) for p in files)
+
+
+@pytest.mark.parametrize('variant', [
+    dict(name='augmentation', radius=0.1),
+    dict(name='adversarial', epsilon=0.3, num_steps=3, step_size=0.005),
+    dict(name='fast', epsilon=0.3),
+])
+def test_training_variants_plug_into_the_same_loop(tmp_path, variant):
+  config = tiny_config(num_models=1, num_epochs=1)
+  config.variant = variant
+  results = classifier.train(config, str(tmp_path))
+  assert 0 <= results['test_error_mean'] <= 1
+  logged = [r for r in workdir_lib.MetricWriter(str(tmp_path)).read() if 'loss' in r]
+  assert all(np.isfinite(r['loss']) for r in logged)
+
+
+def test_adversarial_batch_is_clean_plus_attacked_copies():
+  from advgen.train import variants
+  w = jax.random.normal(jax.random.key(0), (28 * 28, 10))
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  y = jax.numpy.arange(6) % 10
+  for transform in (variants.adversarial(0.1, 3, 0.01), variants.fast(0.1)):
+    xs, ys = transform(logits_fn, x, y, jax.random.key(2))
+    assert xs.shape == (12, 28, 28, 1)
+    np.testing.assert_array_equal(xs[:6], x)
+    np.testing.assert_array_equal(ys, np.concatenate([y, y]))
+    assert 0 < np.abs(np.asarray(xs[6:] - x)).max() <= 0.1 + 1e-6

@@ -54,6 +54,7 @@ def _validate(config, dataset):
   if config.batch_size < 1 or config.batch_size > len(dataset.y_train):
     raise UserError(f'config.batch_size={config.batch_size} must be between 1 and the number of '
                     f'training examples ({len(dataset.y_train)})')
+  variants.batch_transform(config)  # an unknown variant fails here, before anything is written
   if config.batch_size % jax.device_count():
     raise UserError(f'config.batch_size={config.batch_size} must be divisible by the '
                     f'{jax.device_count()} devices')
