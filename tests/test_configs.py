@@ -10,7 +10,7 @@ from advgen.cli import load_config
 from advgen.train import classifier
 from conftest import ROOT
 
-CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
+CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
                       'cifar10', 'celeba', 'spheres', 'circle']
 
 

@@ -1,0 +1,19 @@
+"""Stutz et al.'s adversarial training on fonts: every batch half clean, half L-inf PGD examples
+of the current model (Adam lr 0.005 on the perturbation, 40 iterations, eps 0.3).
+
+  python scripts/train_classifier.py --config=configs/fonts_adversarial.py \
+      --workdir=/tmp/advgen/fonts_adversarial
+"""
+
+import os
+
+import ml_collections
+
+from advgen.cli import load_config
+
+
+def get_config(num_train=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'), num_train)
+  config.variant = ml_collections.ConfigDict(dict(name='adversarial', epsilon=0.3, num_steps=40,
+                                                  step_size=0.005))
+  return config
