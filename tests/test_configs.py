@@ -5,9 +5,8 @@ import jax
 import pytest
 import tensorflow_datasets as tfds
 
-from advgen import data
+from advgen import data, models
 from advgen.cli import load_config
-from advgen.train import classifier
 from conftest import ROOT
 
 CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
@@ -28,7 +27,8 @@ def test_classifier_configs_build(name):
     config.dataset.num_train, config.dataset.num_test = 20, 10
   with tfds.testing.mock_data(num_examples=30):
     dataset = data.load(config.dataset)
-  config.batch_size = 10
-  module, state, _, _, _ = classifier.build(config, dataset)
-  assert jax.tree.leaves(state.params)[0].shape[0] == config.num_models
-  assert module.num_classes == dataset.num_classes
+  module = models.classifier(config.model.name, dataset.num_classes, **config.model.kwargs)
+  variables = jax.eval_shape(lambda key: models.init(module, key, dataset.input_shape),
+                             jax.random.key(0))
+  logits = jax.eval_shape(lambda v, x: module.apply(v, x), variables, dataset.x_train[:2])
+  assert logits.shape == (2, dataset.num_classes)

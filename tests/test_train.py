@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from advgen import transforms
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.train import classifier, workdir as workdir_lib
@@ -31,11 +32,17 @@ def params_of(workdir):
   return variables
 
 
-def assert_same_models(variables, reference):
-  """Equal up to float reordering (which Adam amplifies): far closer than two seeds' models."""
-  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(reference)):
-    seed_spread = np.abs(b[1] - b[0]).max()
-    assert np.abs(a - b[:len(a)]).max() < 0.05 * seed_spread
+def logged_losses(workdir):
+  """(steps, models) training losses from metrics.jsonl."""
+  return np.array([r['loss_per_model'] if 'loss_per_model' in r else [r['loss']]
+                   for r in workdir_lib.MetricWriter(workdir).read() if 'loss' in r])
+
+
+def assert_same_training(workdir, reference):
+  """Same batches and updates: per-step losses agree up to float reordering (a wrong batch or
+  key moves them by ~10%; Adam amplifies reordering noise, so parameters are not compared)."""
+  losses = logged_losses(workdir)
+  np.testing.assert_allclose(losses, logged_losses(reference)[:, :losses.shape[1]], rtol=1e-2)
 
 
 @pytest.fixture
@@ -100,8 +107,7 @@ def test_killed_run_resumes_to_the_same_numbers(finished, tmp_path, monkeypatch)
 def test_model_k_does_not_depend_on_how_many_are_trained_together(finished, tmp_path):
   reference, _ = finished
   classifier.train(tiny_config(num_models=1), str(tmp_path))
-  alone = params_of(str(tmp_path))
-  assert_same_models(alone, params_of(reference))
+  assert_same_training(str(tmp_path), reference)
 
 
 def test_four_devices_train_the_same_model_as_one(finished, tmp_path):
@@ -114,10 +120,7 @@ def test_four_devices_train_the_same_model_as_one(finished, tmp_path):
           f'classifier.train(load_config({TINY!r}), {workdir!r})')
   subprocess.run([sys.executable, '-c', code], env=env, check=True, cwd=ROOT,
                  capture_output=True)
-  # Same batches and updates: per-step losses agree to ~1e-3 (a wrong batch moves them ~10%).
-  losses = lambda wd: np.array([r['loss_per_model'] for r in workdir_lib.MetricWriter(wd).read()
-                                if 'loss_per_model' in r])
-  np.testing.assert_allclose(losses(workdir), losses(reference), rtol=1e-2)
+  assert_same_training(workdir, reference)
   results = json.load(open(os.path.join(workdir, 'results.json')))
   np.testing.assert_allclose(results['test_error'], reference_results['test_error'], atol=0.02)
 
@@ -170,14 +173,9 @@ def test_script_resumes_and_reports_a_corrupt_checkpoint_in_one_line(finished, t
   assert sorted(os.listdir(step_dir)) and all(os.path.exists(p) for p in files)
 
 
-@pytest.mark.parametrize('variant', [
-    dict(name='augmentation', radius=0.1),
-    dict(name='adversarial', epsilon=0.3, num_steps=3, step_size=0.005),
-    dict(name='fast', epsilon=0.3),
-])
-def test_training_variants_plug_into_the_same_loop(tmp_path, variant):
+def test_adversarial_training_plugs_into_the_same_loop(tmp_path):
   config = tiny_config(num_models=1, num_epochs=1)
-  config.variant = variant
+  config.variant = dict(name='adversarial', epsilon=0.3, num_steps=3, step_size=0.005)
   results = classifier.train(config, str(tmp_path))
   assert 0 <= results['test_error_mean'] <= 1
   logged = [r for r in workdir_lib.MetricWriter(str(tmp_path)).read() if 'loss' in r]
@@ -190,6 +188,9 @@ def test_adversarial_batch_is_clean_plus_attacked_copies():
   logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
   x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
   y = jax.numpy.arange(6) % 10
+  augmented, _ = variants.augmentation(0.1, np.asarray(transforms.RANGES['hard']))(
+      logits_fn, x, y, jax.random.key(2))
+  assert augmented.shape == x.shape and not np.allclose(augmented, x)
   for transform in (variants.adversarial(0.1, 3, 0.01), variants.fast(0.1)):
     xs, ys = transform(logits_fn, x, y, jax.random.key(2))
     assert xs.shape == (12, 28, 28, 1)

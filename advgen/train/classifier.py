@@ -118,6 +118,7 @@ def make_train_step(config, dataset, module, tx, steps_per_epoch, mesh):
 def train(config, workdir):
   """Trains config.num_models classifiers in `workdir`; returns the results dict."""
   results_path = os.path.join(workdir, RESULTS)
+  workdir_lib.check_config(workdir, config)
   if os.path.exists(results_path):
     raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
                     'to train again')

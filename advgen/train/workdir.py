@@ -15,20 +15,25 @@ def config_to_dict(config):
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def prepare(workdir, config):
-  """Creates `workdir` and records the config; refuses a workdir that holds another config."""
-  os.makedirs(workdir, exist_ok=True)
+def check_config(workdir, config):
+  """Refuses a workdir that already holds a run of another config."""
   path = os.path.join(workdir, 'config.json')
-  wanted = config_to_dict(config)
   if os.path.exists(path):
-    stored = read_json(path)
+    stored, wanted = read_json(path), config_to_dict(config)
     if stored != wanted:
       changed = sorted(_changed_keys(stored, wanted))
       raise UserError(
           f'{workdir} holds a run with a different config (changed: {", ".join(changed[:5])}); '
           'use a new --workdir or restore the old config')
-  else:
-    write_json(path, wanted)
+
+
+def prepare(workdir, config):
+  """Creates `workdir` and records the config; refuses a workdir that holds another config."""
+  check_config(workdir, config)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    write_json(path, config_to_dict(config))
 
 
 def _changed_keys(a, b, prefix=''):
