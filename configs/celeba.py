@@ -6,17 +6,8 @@
 
 import os
 
-from ml_collections import config_dict
-
 from advgen.cli import load_config
 
 
 def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'))
-  config.dataset = dict(name='celeb_a', num_train=config_dict.placeholder(int),
-                        num_test=config_dict.placeholder(int), seed=0,
-                        data_dir=config_dict.placeholder(str))
-  config.model.name = 'stutz_convnet'
-  config.optimizer.learning_rate = 0.001
-  config.num_epochs = 20
-  return config
+  return load_config(os.path.join(os.path.dirname(__file__), 'tfds_classifier.py'), 'celeb_a')

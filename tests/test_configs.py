@@ -9,7 +9,7 @@ from advgen import data, models
 from advgen.cli import load_config
 from conftest import ROOT
 
-CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
+CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'tfds_classifier', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
                       'cifar10', 'celeba', 'spheres', 'circle']
 
 
