@@ -23,12 +23,15 @@ def _step(w, f, norm):
 
 
 @functools.partial(jax.jit, static_argnames=('logits_fn', 'norm', 'max_iter', 'num_classes'))
-def deepfool(logits_fn, x, y, *, norm='l2', overshoot=0.02, max_iter=50, num_classes=None):
+def deepfool(logits_fn, x, y, *, norm='l2', overshoot=0.02, max_iter=50, num_classes=None,
+             box=(0.0, 1.0)):
   """Minimal perturbation of `x` (B, H, W, C) that leaves class `y`, in the L2 or L-inf norm.
 
   Each iteration linearizes the logit differences f_k - f_y for the candidate classes k (all
   others, or the `num_classes` highest at x) and steps to the closest linearized boundary; the
-  image shown is clip(x + (1 + overshoot) * r, 0, 1). Examples stop individually once
+  input shown is clip(x + (1 + overshoot) * r, *box). `box=None` leaves it unconstrained, for
+  inputs that are not images, e.g. latent codes (B, d) of `z -> logits_fn(decode_fn(z))`; `box`
+  bounds may be scalars or arrays that broadcast against `x`. Examples stop individually once
   misclassified (a mask inside a while_loop that ends when all are done or after `max_iter`
   steps). For an affine classifier one step is exact: distance (1 + overshoot) times the minimal.
   """
@@ -41,7 +44,10 @@ def deepfool(logits_fn, x, y, *, norm='l2', overshoot=0.02, max_iter=50, num_cla
   candidates = jax.lax.top_k(jnp.where(own, -jnp.inf, logits), others)[1]  # (B, others)
   cotangents = jnp.moveaxis(jax.nn.one_hot(candidates, num_logits, dtype=x.dtype) -
                             own[:, None].astype(x.dtype), 1, 0)  # (others, B, K)
-  image = lambda r: jnp.clip(x + (1.0 + overshoot) * r, 0.0, 1.0)
+  if box is None:
+    image = lambda r: x + (1.0 + overshoot) * r
+  else:
+    image = lambda r: jnp.clip(x + (1.0 + overshoot) * r, box[0], box[1])
 
   @canonical.canonical_convolutions
   def linearize(point):

@@ -31,12 +31,18 @@ CLASSIFIERS = {
 }
 
 
+def _tuples(value):
+  """Lists (as a config read back from JSON gives) as tuples: modules are static jit arguments."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def classifier(name, num_classes, **kwargs):
   """The Flax module registered as `name`."""
   if name not in CLASSIFIERS:
     raise UserError(f'unknown model {name!r}; choose one of {", ".join(CLASSIFIERS)}')
   try:
-    return CLASSIFIERS[name](num_classes=num_classes, **kwargs)
+    return CLASSIFIERS[name](num_classes=num_classes,
+                             **{k: _tuples(v) for k, v in kwargs.items()})
   except TypeError as e:
     raise UserError(f'bad settings for model {name!r}: {e}') from None
 
