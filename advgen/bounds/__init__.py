@@ -3,7 +3,23 @@
 `isoperimetric`: Theorems 1, 3, 4 and their closed forms, float64 scalar math.
 `modulus`: moduli of continuity omega and their estimation from a decoder (sampled ratios,
 Jacobian spectral norms).
+`empirical`: measured robustness of a classifier of generated data: latent r_Z, in-distribution
+r_in and unconstrained r_unc, jit-compiled on top of the attack library.
+`experiment` (the bounds script's logic) and `report` (its table and figures) are imported on use.
 """
+
+from advgen.bounds.empirical import (
+    Robustness,
+    class_probabilities,
+    empirical_cdf,
+    estimate,
+    in_distribution_search,
+    latent_robustness,
+    predicted_classes,
+    quantile,
+    sample_latents,
+    unconstrained_robustness,
+)
 
 from advgen.bounds.isoperimetric import (
     check_class_probs,

@@ -36,18 +36,39 @@ def _half(size):
   return -(-size // 2)
 
 
+def flat_normal(key, shape, dtype=jnp.float32, truncate=False):
+  """Normal draws made as a flat vector and reshaped.
+
+  With partitionable threefry (JAX's default), XLA:CPU takes seconds to compile a draw of rank 3
+  or more (vmapped rank-2 draws included); a flat draw compiles in a fraction of a second.
+  """
+  size = int(np.prod(shape))
+  if truncate:
+    flat = jax.random.truncated_normal(key, -2.0, 2.0, (size,), dtype)
+  else:
+    flat = jax.random.normal(key, (size,), dtype)
+  return flat.reshape(shape)
+
+
+def lecun_normal(key, shape, dtype=jnp.float32):
+  """`nn.initializers.lecun_normal()` (truncated normal, variance 1 / fan_in), drawn flat."""
+  std = np.sqrt(1.0 / np.prod(shape[:-1])) / .87962566103423978
+  return flat_normal(key, shape, dtype, truncate=True) * jnp.asarray(std, dtype)
+
+
 class Conv4x4(nn.Module):
   """4x4 convolution, stride 2, SAME padding: `nn.Conv(features, (4, 4), (2, 2), 'SAME')`.
 
   Computed as space-to-depth, 2x2 patches and one matrix product.
   """
   features: int
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (4, 4, c, self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    kernel = self.param('kernel', lecun_normal, (4, 4, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else 0.0
     ho, wo = _half(h), _half(w)
     pad_h, pad_w = 2 * ho + 2 - h, 2 * wo + 2 - w  # SAME padding; the padded size is even
     x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
@@ -57,7 +78,8 @@ class Conv4x4(nn.Module):
     patches = jnp.concatenate([s2d[:, i:i + ho, j:j + wo] for i in range(2) for j in range(2)], -1)
     # Patch channels are ordered (i, j, di, dj, c) for kernel entry (2i + di, 2j + dj).
     matrix = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
-    return patches @ matrix.reshape(16 * c, self.features) + bias
+    out = patches.reshape(-1, 16 * c) @ matrix.reshape(16 * c, self.features)
+    return out.reshape(b, ho, wo, self.features) + bias
 
 
 class ConvTranspose4x4(nn.Module):
@@ -68,12 +90,13 @@ class ConvTranspose4x4(nn.Module):
   computed as patches times a matrix; the parities are then interleaved.
   """
   features: int
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (4, 4, c, self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    kernel = self.param('kernel', lecun_normal, (4, 4, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else 0.0
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     rows = []
     for a in range(2):
@@ -83,7 +106,8 @@ class ConvTranspose4x4(nn.Module):
         patches = jnp.concatenate([padded[:, a + di:a + di + h, e + dj:e + dj + w]
                                    for di, dj in taps], -1)
         matrix = jnp.stack([kernel[a + 2 * di, e + 2 * dj] for di, dj in taps])
-        row.append(patches @ matrix.reshape(4 * c, self.features))
+        row.append((patches.reshape(-1, 4 * c) @ matrix.reshape(4 * c, self.features))
+                   .reshape(b, h, w, self.features))
       rows.append(jnp.stack(row, 3))  # (b, h, w, 2, f): column parity
     out = jnp.stack(rows, 2)  # (b, h, 2, w, 2, f): row parity
     return out.reshape(b, 2 * h, 2 * w, self.features) + bias
@@ -98,7 +122,7 @@ class Encoder(nn.Module):
   def __call__(self, x, train=False):
     x = _centre(x)
     for features in self.channels:
-      x = nn.relu(_batch_norm(train)(Conv4x4(features)(x)))
+      x = nn.relu(_batch_norm(train)(Conv4x4(features, use_bias=False)(x)))
     x = nn.Dense(2 * self.latent_dim)(x.reshape(x.shape[0], -1))
     return x[:, :self.latent_dim], x[:, self.latent_dim:]
 
@@ -121,13 +145,14 @@ class Decoder(nn.Module):
       sizes.append((_half(sizes[-1][0]), _half(sizes[-1][1])))
     sizes = sizes[::-1]
     (h0, w0), features = sizes[0], self.channels[0]
-    x = nn.Dense(h0 * w0 * features)(z).reshape(z.shape[0], h0, w0, features)
+    x = nn.Dense(h0 * w0 * features, use_bias=False)(z).reshape(z.shape[0], h0, w0, features)
     x = nn.relu(_batch_norm(train)(x))
     widths = list(self.channels[1:]) + [out_channels]
     for i, features in enumerate(widths):
       h, w = sizes[i + 1]
-      x = ConvTranspose4x4(features)(x)[:, :h, :w]
-      if i + 1 < len(widths):
+      last = i + 1 == len(widths)
+      x = ConvTranspose4x4(features, use_bias=last)(x)[:, :h, :w]  # BN follows: no bias
+      if not last:
         x = nn.relu(_batch_norm(train)(x))
     return nn.sigmoid(x)
 
@@ -313,7 +338,8 @@ def class_encode_fn(module, variables, k):
 
 def truncated_prior(key, shape, bound=2.0):
   """Latent codes from N(0, I) resampled into [-bound, bound] (Stutz's truncated prior)."""
-  return jax.random.truncated_normal(key, -bound, bound, shape)
+  flat = jax.random.truncated_normal(key, -bound, bound, (int(np.prod(shape)),))
+  return flat.reshape(shape)
 
 
 def group_by_class(labels, num_models):

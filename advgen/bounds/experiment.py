@@ -1,0 +1,228 @@
+"""Bounds next to measured robustness: Fawzi et al.'s Tables 1-2 for a generator and classifiers.
+
+`run(config, workdir)` trains (or loads) a class-agnostic generator with a Gaussian prior in
+`workdir/generator` and the configured classifiers in `workdir/classifiers/NAME` (a killed run
+resumes there, a finished one is loaded), then on x = g(z), z ~ N(0, I):
+
+- measures each classifier's class probabilities P_i (its regions in latent space) and E||g(z)||
+  on `num_prob_samples` latents, and a modulus of continuity omega of g (`estimate_modulus`);
+- estimates r_Z, r_in and r_unc (`empirical.estimate`) on `num_samples` latents, all K stacked
+  models of a classifier workdir in one vmapped, jit-compiled program per batch;
+- bounds the p-quantiles: Theorem 1 with omega = identity for r_Z, and omega(.) with the
+  modulus' failure probability for r_in and r_unc (r_unc <= r_in <= omega(r_Z));
+
+and writes results.json (every number, per-example estimates included), report.md (the table),
+figures/robustness_cdf.png, figures/figure2.png and figures/examples.png.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from advgen import report as image_report
+from advgen.bounds import empirical, isoperimetric, modulus, report
+from advgen.errors import UserError
+from advgen.models import generators
+from advgen.train import classifier as classifier_lib
+from advgen.train import generator as generator_lib
+from advgen.train import workdir as workdir_lib
+
+RESULTS = 'results.json'
+TABLE = 'report.md'
+CDF_FIGURE = os.path.join('figures', 'robustness_cdf.png')
+FIGURE2 = os.path.join('figures', 'figure2.png')
+EXAMPLES = os.path.join('figures', 'examples.png')
+PER_EXAMPLE = ('y', 'r_z', 'r_in', 'r_in_deepfool', 'r_in_search', 'r_unc', 'r_unc_deepfool',
+               'r_unc_pgd', 'image_norm')
+
+
+def _train_or_load(train, restore, config, workdir):
+  """Trains in `workdir` unless its results.json exists (then only loads); returns
+  (restored tuple, the run's results)."""
+  path = os.path.join(workdir, RESULTS)
+  if os.path.exists(path):
+    workdir_lib.prepare(workdir, config)  # refuses a workdir trained with another config
+    results = workdir_lib.read_json(path)
+    logging.info('loading the finished run in %s', workdir)
+  else:
+    logging.info('training in %s', workdir)
+    results = train(config, workdir)
+  return restore(workdir), results
+
+
+def _frozen(settings):
+  """A hashable form of a dict of plain settings (a static jit argument)."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items()))
+
+
+@functools.partial(jax.jit, static_argnames=('classifier', 'generator', 'settings'))
+def _estimate_models(classifier_variables, generator_variables, z, key, *, classifier, generator,
+                     settings):
+  """`empirical.estimate` for each of the K stacked classifiers: one vmapped program."""
+  decode_fn = lambda v: generator.apply(generator_variables, v, method='decode')
+  kwargs = {name: dict(value) for name, value in settings if name != 'refine_steps'}
+  refine = dict(settings)['refine_steps']
+
+  def one(variables):
+    logits_fn = lambda x: classifier.apply(variables, x, train=False)
+    return empirical.estimate(logits_fn, decode_fn, z, key, refine_steps=refine, **kwargs)
+
+  return jax.vmap(one)(classifier_variables)
+
+
+@functools.partial(jax.jit, static_argnames=('classifier', 'generator', 'num_classes'))
+def _predict_models(classifier_variables, generator_variables, z, *, classifier, generator,
+                    num_classes):
+  """Per stacked classifier: (class counts of f(g(z)) over z (N, B, d), sum of ||g(z)||)."""
+  decode_fn = lambda v: generator.apply(generator_variables, v, method='decode')
+
+  def one(variables):
+    logits_fn = lambda x: classifier.apply(variables, x, train=False)
+    _, counts, norm_sum = empirical.predicted_classes(logits_fn, decode_fn, z, num_classes)
+    return counts, norm_sum
+
+  return jax.vmap(one)(classifier_variables)
+
+
+def _validate(config):
+  if not 0 < config.p < 1:
+    raise UserError(f'config.p must be in (0, 1), got {config.p}')
+  for field in ('num_samples', 'num_prob_samples', 'batch_size'):
+    if config[field] < 1:
+      raise UserError(f'config.{field} must be positive, got {config[field]}')
+  if config.num_samples % config.batch_size or config.num_prob_samples % config.batch_size:
+    raise UserError(f'config.num_samples={config.num_samples} and config.num_prob_samples='
+                    f'{config.num_prob_samples} must be multiples of config.batch_size='
+                    f'{config.batch_size}')
+  if not config.classifiers:
+    raise UserError('config.classifiers is empty; configure at least one classifier')
+  if config.generator.class_specific:
+    raise UserError('the bounds need one generator with a Gaussian prior over all classes; set '
+                    'config.generator.class_specific=False')
+
+
+def _row_stats(values, p, scale, bound):
+  values = np.asarray(values, np.float64)
+  q = empirical.quantile(values, p)
+  finite = values[np.isfinite(values)]
+  return {'quantile': q, 'normalized': q / scale, 'found': float(np.isfinite(values).mean()),
+          'median': empirical.quantile(values, 0.5),
+          'mean_found': float(finite.mean()) if finite.size else float('nan'),
+          'fraction_within_bound': float(np.mean(values <= bound))}
+
+
+def _summarize(estimates, test_error, probs, p, norms, omega, failure_prob, workdir):
+  """The results entry of one classifier from its per-example estimates (numpy)."""
+  latent_bound = float(isoperimetric.robustness_upper_bound(p, probs))
+  image_bound = float(isoperimetric.robustness_upper_bound(p, probs, omega, failure_prob))
+  bounds = {'latent': latent_bound, 'in_distribution': image_bound, 'unconstrained': image_bound}
+  entry = {'workdir': workdir, 'test_error': float(test_error), 'class_probs': probs.tolist(),
+           'bound': {}, 'empirical': {}, 'parts': {}}
+  for key, _, field, norm in report.ROWS:
+    entry['bound'][key] = {'radius': bounds[key], 'normalized': bounds[key] / norms[norm]}
+    entry['empirical'][key] = _row_stats(estimates[field], p, norms[norm], bounds[key])
+  for field in ('r_in_deepfool', 'r_in_search', 'r_unc_deepfool', 'r_unc_pgd'):
+    q = empirical.quantile(estimates[field], p)
+    entry['parts'][field] = {'quantile': q, 'normalized': q / norms['expected_image_norm']}
+  entry['fraction_unc_le_in'] = float(np.mean(estimates['r_unc'] <= estimates['r_in']))
+  entry['per_example'] = {k: np.asarray(estimates[k]).tolist() for k in PER_EXAMPLE}
+  return entry
+
+
+def run(config, workdir):
+  """Trains or loads the models, measures and bounds robustness; returns the results dict."""
+  results_path = os.path.join(workdir, RESULTS)
+  if os.path.exists(results_path):
+    raise UserError(f'{results_path} already exists; use a new --workdir or delete the file to '
+                    'redo the measurements (trained models in the workdir are reused)')
+  _validate(config)
+  workdir_lib.prepare(workdir, config)
+  (_, gen_dataset, gen_module, gen_variables), gen_results = _train_or_load(
+      generator_lib.train, generator_lib.restore, config.generator,
+      os.path.join(workdir, 'generator'))
+  gen_variables = generators.model_variables(gen_variables, 0)
+  latent_dim = gen_module.latent_dim
+  decode_fn = jax.jit(lambda v: gen_module.apply(gen_variables, v, method='decode'))
+
+  key = jax.random.key(config.seed)
+  prob_key, sample_key, modulus_key, attack_key = jax.random.split(key, 4)
+  batch = config.batch_size
+  z_prob = empirical.sample_latents(prob_key, config.num_prob_samples, latent_dim).reshape(
+      -1, batch, latent_dim)
+  z = empirical.sample_latents(sample_key, config.num_samples, latent_dim)
+  estimate = modulus.estimate_modulus(decode_fn, modulus_key, latent_dim,
+                                      list(config.modulus.radii), config.modulus.num_points,
+                                      config.modulus.num_directions, config.modulus.quantile)
+  settings = (('deepfool', _frozen(config.deepfool)), ('pgd', _frozen(config.pgd)),
+              ('refine_steps', int(config.refine_steps)), ('search', _frozen(config.search)))
+  results = {'p': float(config.p), 'latent_dim': latent_dim, 'num_samples': config.num_samples,
+             'num_prob_samples': config.num_prob_samples,
+             'expected_latent_norm': float(isoperimetric.expected_gaussian_norm(latent_dim)),
+             'modulus': {'radii': estimate.radii.tolist(),
+                         'ratio_quantile': estimate.ratio_quantile.tolist(),
+                         'quantile': estimate.quantile, 'failure_prob': estimate.failure_prob},
+             'generator': {'workdir': 'generator', **{k: v for k, v in gen_results.items()
+                                                      if np.isscalar(v)}},
+             'classifiers': {}}
+  image_norms, examples, collected = [], {}, {}
+  for name in sorted(config.classifiers):
+    subdir = os.path.join('classifiers', name)
+    (_, dataset, module, variables), cls_results = _train_or_load(
+        classifier_lib.train, classifier_lib.restore, config.classifiers[name],
+        os.path.join(workdir, subdir))
+    if tuple(dataset.input_shape) != tuple(gen_dataset.input_shape):
+      raise UserError(f'classifier {name!r} takes inputs of shape {dataset.input_shape} but the '
+                      f'generator makes {gen_dataset.input_shape}; train both on one dataset')
+    counts, norm_sums = jax.device_get(_predict_models(
+        variables, gen_variables, z_prob, classifier=module, generator=gen_module,
+        num_classes=dataset.num_classes))
+    image_norms.append(np.asarray(norm_sums, np.float64) / config.num_prob_samples)
+    logging.info('classifier %s: measuring r_Z, r_in and r_unc on %d generated samples', name,
+                 config.num_samples)
+    parts = [jax.device_get(_estimate_models(
+        variables, gen_variables, z[i:i + batch], jax.random.fold_in(attack_key, i),
+        classifier=module, generator=gen_module, settings=settings))
+        for i in range(0, config.num_samples, batch)]
+    per_model = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts)  # (K, N, ...)
+    examples[name] = jax.tree.map(lambda a: a[0], per_model)
+    num_models = counts.shape[0]
+    for k in range(num_models):
+      label = name if num_models == 1 else f'{name}_{k}'
+      estimates = {f: np.asarray(getattr(per_model, f)[k]) for f in PER_EXAMPLE}
+      collected[label] = (estimates, cls_results['test_error'][k], counts[k] / counts[k].sum(),
+                          subdir)
+  results['expected_image_norm'] = float(np.mean(np.concatenate(image_norms)))
+  norms = {'expected_latent_norm': results['expected_latent_norm'],
+           'expected_image_norm': results['expected_image_norm']}
+  for label, (estimates, error, probs, subdir) in collected.items():
+    results['classifiers'][label] = _summarize(estimates, error, probs, config.p, norms,
+                                               estimate.omega, estimate.failure_prob, subdir)
+  names = list(results['classifiers'])
+  results['bound'] = {key: max(results['classifiers'][n]['bound'][key]['normalized']
+                               for n in names) for key, *_ in report.ROWS}
+  curves = isoperimetric.figure2_curve(list(config.figure2.dims),
+                                       list(config.figure2.num_classes), config.figure2.p)
+  results['figure2'] = {k: np.asarray(v).tolist() for k, v in curves.items()}
+  results['table'] = report.table_markdown(results)
+  report.plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
+  isoperimetric.plot_figure2(curves, os.path.join(workdir, FIGURE2))
+  _examples_figure(decode_fn, z, examples, os.path.join(workdir, EXAMPLES))
+  with open(os.path.join(workdir, TABLE), 'w') as f:
+    f.write(results['table'])
+  workdir_lib.write_results(results_path, results)  # last: it marks the run finished
+  return results
+
+
+def _examples_figure(decode_fn, z, examples, path, count=8):
+  """g(z), then per classifier (its first model) the generated images at r_Z and r_in and the
+  unconstrained adversarial image."""
+  rows, titles = [np.asarray(decode_fn(z[:count]))], ['g(z)']
+  for name, estimates in examples.items():
+    rows += [np.asarray(decode_fn(jnp.asarray(estimates.z_adv[:count]))),
+             np.asarray(estimates.x_in[:count]), np.asarray(estimates.x_unc[:count])]
+    titles += [f'{name}: g(z + r_Z)', f'{name}: r_in', f'{name}: r_unc']
+  image_report.image_rows(rows, titles, path)

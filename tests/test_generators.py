@@ -1,0 +1,287 @@
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from advgen import data
+from advgen.cli import load_config
+from advgen.errors import UserError
+from advgen.models import generators
+from advgen.train import generator, workdir as workdir_lib
+from conftest import ROOT
+
+TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
+
+
+def tiny_config(**overrides):
+  config = load_config(TINY)
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('vaegan_tiny'))
+  return workdir, generator.train(tiny_config(), workdir)
+
+
+@pytest.fixture(scope='module')
+def restored(tiny_run):
+  return generator.restore(tiny_run[0])
+
+
+@pytest.mark.parametrize('size', [28, 7, 14, 5, 32])
+def test_strided_layers_equal_flax_convolutions(size):
+  x = jax.random.uniform(jax.random.key(0), (2, size, size + 3, 3))
+  for ours, flax_layer in ((generators.Conv4x4(4), nn.Conv(4, (4, 4), (2, 2), padding='SAME')),
+                           (generators.ConvTranspose4x4(4),
+                            nn.ConvTranspose(4, (4, 4), (2, 2), padding='SAME'))):
+    variables = ours.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero bias too
+    np.testing.assert_allclose(ours.apply(variables, x), flax_layer.apply(variables, x),
+                               atol=1e-5)
+
+
+def test_architectures_have_the_papers_shapes():
+  def shapes(name, image_shape, **kwargs):
+    module = generators.create(name, image_shape, **kwargs)
+    variables = jax.eval_shape(module.init, jax.random.key(0),
+                               jnp.zeros((2,) + image_shape))
+    z = jax.ShapeDtypeStruct((2, module.latent_dim), jnp.float32)
+    x = jax.ShapeDtypeStruct((2,) + image_shape, jnp.float32)
+    out = {'decode': jax.eval_shape(lambda v, z: module.apply(v, z, method='decode'),
+                                    variables, z).shape,
+           'params': variables['params']}
+    if module.has_encoder:
+      out['encode'] = jax.eval_shape(lambda v, x: module.apply(v, x, method='encode'),
+                                     variables, x)[0].shape
+    if module.has_discriminator:
+      out['logit'] = jax.eval_shape(lambda v, x: module.apply(v, x, method='discriminate'),
+                                    variables, x).shape
+    return module, out
+
+  module, out = shapes('vaegan', (28, 28, 1))
+  assert module.latent_dim == 10 and out['encode'] == (2, 10)
+  assert out['decode'] == (2, 28, 28, 1) and out['logit'] == (2,)
+  encoder = out['params']['encoder']
+  assert [encoder[f'Conv4x4_{i}']['kernel'].shape[-1] for i in range(3)] == [64, 128, 256]
+  assert 'Conv4x4_3' not in encoder
+  assert out['params']['decoder']['Dense_0']['kernel'].shape == (10, 4 * 4 * 256)
+  _, out = shapes('vaegan', (32, 32, 3))  # SVHN, CIFAR-10: one more conv
+  assert out['decode'] == (2, 32, 32, 3) and out['params']['encoder']['Conv4x4_3']
+  _, out = shapes('vae', (56, 48, 3))  # CelebA at the library's size
+  assert out['decode'] == (2, 56, 48, 3) and 'discriminator' not in out['params']
+  module, out = shapes('dcgan', (32, 32, 3))
+  assert module.latent_dim == 100 and out['decode'] == (2, 32, 32, 3)
+  assert 'encoder' not in out['params'] and out['logit'] == (2,)
+
+
+def test_decoded_images_are_images():
+  module = generators.create('vaegan', (28, 28, 1), encoder_channels=(4, 8, 8),
+                             decoder_channels=(8, 8, 4), discriminator_channels=(4,))
+  variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  z = generators.truncated_prior(jax.random.key(1), (64, 10))
+  assert float(jnp.abs(z).max()) <= 2.0 and float(z.std()) > 0.5
+  x = jax.jit(generators.class_decode_fn(module, jax.tree.map(lambda v: v[None], variables),
+                                         0))(z * 3)
+  assert x.shape == (64, 28, 28, 1) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+@pytest.mark.parametrize('name,kwargs,message', [
+    ('gan', {}, 'unknown generator'),
+    ('vaegan', {'depth': 3}, 'bad settings'),
+    ('vae', {'latent_dim': 0}, 'latent_dim'),
+])
+def test_bad_generator_settings_are_user_errors(name, kwargs, message):
+  with pytest.raises(UserError, match=message):
+    generators.create(name, (28, 28, 1), **kwargs)
+
+
+def test_run_writes_metrics_results_latents_and_grids(tiny_run):
+  workdir, results = tiny_run
+  for name in ('config.json', 'metrics.jsonl', 'checkpoints', 'results.json', 'latents.npz',
+               'samples.png', 'reconstructions.png'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  records = workdir_lib.MetricWriter(workdir).read()
+  logged = [r for r in records if 'loss' in r]
+  for key in ('loss', 'kl', 'l1', 'gan_decoder', 'gan_discriminator', 'd_real', 'eta_seconds'):
+    assert np.isfinite(logged[-1][key]), key
+  assert len(logged[-1]['loss_per_model']) == 10
+  assert logged[-1]['loss'] < logged[0]['loss']
+  evaluations = [r['test_l1'] for r in records if 'test_l1' in r]
+  assert len(evaluations) == tiny_config().num_epochs and evaluations[-1] < evaluations[0]
+  assert results['num_models'] == 10 and len(results['test_l1_per_model']) == 10
+  assert results['test_l1'] == pytest.approx(np.mean(results['test_l1_per_model']), rel=0.05)
+  # The true-manifold distance separates real images from noise.
+  assert results['test_distance'] < results['noise_distance']
+  assert 0 < results['sample_distance'] < results['noise_distance']
+  samples = Image.open(os.path.join(workdir, 'samples.png'))
+  assert samples.size == (2 * (4 * 29 + 1), 2 * (10 * 29 + 1))  # 10 classes x 4 columns
+  assert results['num_distance'] == 40 and results['num_reference'] == 10
+
+
+def test_latent_codes_are_the_encoder_means_of_each_class(tiny_run, restored):
+  workdir, _ = tiny_run
+  _, dataset, module, variables = restored
+  latents = generator.load_latents(workdir)
+  assert latents['z_train'].shape == (300, 10) and latents['z_test'].shape == (100, 10)
+  np.testing.assert_array_equal(latents['y_test'], dataset.y_test)
+  mean, log_var = jax.jit(generators.encode_fn(module, variables))(dataset.x_test[:7],
+                                                                    dataset.y_test[:7])
+  np.testing.assert_allclose(latents['z_test'][:7], mean, atol=1e-4)
+  np.testing.assert_allclose(latents['log_var_test'][:7], log_var, atol=1e-4)
+
+
+def test_decode_fn_uses_the_decoder_of_each_examples_class(restored):
+  _, dataset, module, variables = restored
+  z = generators.truncated_prior(jax.random.key(0), (6, 10))
+  y = jnp.array([0, 3, 3, 9, 5, 0])
+  decode = jax.jit(generators.decode_fn(module, variables))
+  decoded = decode(z, y)
+  each_class = jax.jit(jax.vmap(lambda v: module.apply(v, z, method='decode')))(variables)
+  np.testing.assert_allclose(decoded, each_class[y, jnp.arange(6)], atol=1e-6)
+  assert np.abs(np.asarray(decode(z, (y + 1) % 10) - decoded)).max() > 0.01  # the class matters
+  with pytest.raises(UserError, match='class-specific'):
+    generators.decode_fn(module, variables)(z)
+  one = jax.tree.map(lambda v: v[3:4], variables)  # a class-agnostic (K = 1) generator
+  np.testing.assert_allclose(jax.jit(generators.decode_fn(module, one))(z, y), each_class[3],
+                             atol=1e-6)
+  np.testing.assert_allclose(jax.jit(generators.class_decode_fn(module, variables, 9))(z),
+                             each_class[9], atol=1e-6)
+
+
+def test_encoder_decoder_reconstructs_better_than_a_random_decoder(tiny_run, restored):
+  _, results = tiny_run
+  config, dataset, module, variables = restored
+  random_setup = generator.build(tiny_config(seed=7), dataset)
+  random_variables = generator.eval_variables(random_setup.state)
+  random_error, _ = generator.reconstruction_errors(module, random_variables, dataset.x_test,
+                                                    dataset.y_test, 50)
+  trained_error, _ = generator.reconstruction_errors(module, variables, dataset.x_test,
+                                                     dataset.y_test, 50)
+  assert trained_error.mean() == pytest.approx(results['test_l1'], rel=1e-4)
+  assert trained_error.mean() < 0.6 * random_error.mean()
+  # Inference mode uses running batch statistics: every part's must have been updated.
+  for part in ('encoder', 'decoder'):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables['batch_stats'][part]):
+      if 'mean' in jax.tree_util.keystr(path):
+        assert np.all(np.abs(np.asarray(leaf)).max(axis=-1) > 0), (part, path)
+
+
+class Killed(Exception):
+  pass
+
+
+def test_killed_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeypatch):
+  reference, reference_results = tiny_run
+  workdir = str(tmp_path)
+  write = workdir_lib.MetricWriter.write
+  steps_per_epoch = 3
+
+  def dies_in_epoch_two(self, step, metrics):
+    write(self, step, metrics)
+    if step == steps_per_epoch + 1:  # after the epoch-1 checkpoint, mid epoch 2
+      raise Killed()
+
+  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', dies_in_epoch_two)
+  with pytest.raises(Killed):
+    generator.train(tiny_config(), workdir)
+  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write)
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  results = generator.train(tiny_config(), workdir)
+  assert results == reference_results
+  jax.tree.map(np.testing.assert_array_equal, generator.restore(workdir)[3],
+               generator.restore(reference)[3])
+  steps = [r['step'] for r in workdir_lib.MetricWriter(workdir).read()]
+  assert steps == sorted(set(steps))
+
+
+def test_finished_run_is_not_overwritten_and_the_script_says_so_in_one_line(tiny_run):
+  workdir, _ = tiny_run
+  before = open(os.path.join(workdir, 'results.json')).read()
+  with pytest.raises(UserError, match='different config'):
+    generator.train(tiny_config(seed=5), workdir)
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'scripts', 'train_generator.py'), f'--config={TINY}',
+       f'--workdir={workdir}'], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'already exists' in done.stderr
+  assert open(os.path.join(workdir, 'results.json')).read() == before
+
+
+def test_class_models_trained_together_equal_models_trained_one_by_one(tiny_run, restored):
+  workdir, _ = tiny_run
+  _, dataset, module, together = restored
+  config = tiny_config()
+  logged = {r['step']: r['loss_per_model'] for r in workdir_lib.MetricWriter(workdir).read()
+            if 'loss' in r}
+  z = generators.truncated_prior(jax.random.key(0), (16, 10))
+  decode_all = jax.jit(jax.vmap(lambda v: module.apply(v, z, method='decode')))
+  images_together = decode_all(together)
+  for k in range(10):
+    setup = generator.build(config, dataset, models=[k])
+    step = generator.trainer(config, dataset, setup)
+    state, losses = setup.state, {}
+    for i in range(max(logged)):
+      state, metrics = step(state, i)
+      losses[i + 1] = float(metrics['loss'][0])
+    # The same numbers up to float reordering, which Adam and the GAN game amplify (a gradient
+    # near zero flips the sign of a full-size Adam step): equal losses at first, close later,
+    # and final decoders far closer to each other than to another class's decoder. Another
+    # batch order or key changes the loss by percents from the first step.
+    for done, per_model in logged.items():
+      tolerance = 1e-4 if done <= 2 else 5e-3 if done <= 6 else 3e-2
+      assert losses[done] == pytest.approx(per_model[k], rel=tolerance), (k, done)
+    images_alone = decode_all(generator.eval_variables(state))[0]
+    gap = np.abs(np.asarray(images_alone - images_together[k])).max()
+    assert gap < 0.3 * np.abs(np.asarray(images_together[(k + 1) % 10] - images_together[k])).max()
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'batch_size': 31}, 'batch_size'),
+    ({'model.name': 'gan'}, 'unknown generator'),
+    ({'loss.beta': -1.0}, 'beta'),
+])
+def test_bad_config_is_a_user_error(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    generator.train(tiny_config(**overrides), str(tmp_path))
+
+
+def test_restore_needs_a_generator_workdir(tmp_path):
+  with pytest.raises(UserError, match='no trained generator'):
+    generator.restore(str(tmp_path))
+  with pytest.raises(UserError, match='latents.npz'):
+    generator.load_latents(str(tmp_path))
+
+
+def test_dcgan_trains_from_the_prior_with_the_non_saturating_loss(tmp_path):
+  config = load_config(os.path.join(ROOT, 'configs', 'dcgan_fonts_tiny.py'))
+  workdir = str(tmp_path)
+  results = generator.train(config, workdir)
+  assert results['num_models'] == 1 and 'test_l1' not in results
+  assert not os.path.exists(os.path.join(workdir, 'latents.npz'))
+  logged = [r for r in workdir_lib.MetricWriter(workdir).read() if 'gan_decoder' in r]
+  assert len(logged) == 4 and 'kl' not in logged[-1]
+  for key in ('loss', 'gan_decoder', 'gan_discriminator', 'd_real', 'd_fake'):
+    assert np.isfinite(logged[-1][key])
+  assert logged[-1]['loss'] == logged[-1]['gan_decoder']
+  _, _, module, variables = generator.restore(workdir)
+  assert set(variables['params']) == {'decoder', 'discriminator'} and module.latent_dim == 16
+  images = generators.decode_fn(module, variables)(jnp.zeros((3, 16)))
+  assert images.shape == (3, 28, 28, 1)
+  initial = generator.build(config, data.load(config.dataset)).state.params
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), variables['params'], initial)
+  assert min(jax.tree.leaves(moved)) > 0  # every parameter was trained
