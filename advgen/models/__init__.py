@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from advgen.errors import UserError
 from advgen.models import classifiers
+from advgen.models import generators  # noqa: F401  (VAE, VAE-GAN, DCGAN)
 
 
 def _wide_resnet(num_classes, depth=16, width=4, dropout=0.0):

@@ -12,8 +12,12 @@ updated with the gradient of its own loss):
   discriminator gamma * GAN_disc
 with GAN_dec = -log D(dec(z)) (non-saturating) and GAN_disc = -log D(x) - log(1 - D(dec(z))) on
 reconstructions, and with `config.loss.prior_samples` also on decoded prior samples (Larsen et
-al.), each fake term averaged over the fakes. A VAE drops the GAN terms; a DCGAN decodes z ~ N(0, I) with the same two GAN
-losses (gamma = 1).
+al.), each fake term averaged over the fakes. A VAE drops the GAN terms; a DCGAN decodes
+z ~ N(0, I) with the same two GAN losses (weight 1).
+
+On fonts, a finished run also measures quality against the known manifold: the test L1
+reconstruction error and the mean distance (`fonts.project`) of generated samples, real test
+images and uniform noise to the true class manifolds.
 """
 
 import dataclasses
@@ -214,10 +218,11 @@ def _multi_step(state, order, step, x_all, keys, *, step_fn, batch_size, steps_p
 
 
 def _replicate(tree):
-  """Copies on every device of the data mesh; on a single device, plain device arrays (XLA:CPU
-  runs programs over mesh-sharded inputs about 10x slower, even on a one-device mesh)."""
+  """Copies on every device of the data mesh; on a single device, arrays committed to it (XLA:CPU
+  runs programs over mesh-sharded inputs about 10x slower, even on a one-device mesh; committed
+  like the states orbax restores, so a resumed run reuses the compiled step)."""
   if jax.device_count() == 1:
-    return jax.device_put(tree)
+    return jax.device_put(tree, jax.devices()[0])
   return jax.device_put(tree, NamedSharding(data_mesh(), P()))
 
 
@@ -378,13 +383,18 @@ def _manifold_distances(config, dataset, module, variables, total, samples_key, 
                                 config.eval.truncation)).reshape((n,) + dataset.input_shape)
   labels = None if total == 1 else np.repeat(np.arange(total, dtype=np.int32), per_model)
   noise = jax.random.uniform(jax.random.fold_in(key, 1), (m * int(np.prod(dataset.input_shape)),))
-  distances = {
-      'sample': true_manifold_distance(dataset, generated, labels, key, **project_kwargs),
-      'test': true_manifold_distance(dataset, dataset.x_test[:m], dataset.y_test[:m], key,
-                                     **project_kwargs),
-      'noise': true_manifold_distance(dataset, np.asarray(noise).reshape(
-          (m,) + dataset.input_shape), dataset.y_test[:m], key, **project_kwargs),
-  }
+  noise = np.asarray(noise).reshape((m,) + dataset.input_shape)
+  reference = np.concatenate([dataset.x_test[:m], noise])
+  reference_labels = np.concatenate([dataset.y_test[:m], dataset.y_test[:m]])
+  if labels is None:  # class-agnostic samples: distance to the nearest class manifold
+    generated = true_manifold_distance(dataset, generated, None, key, **project_kwargs)
+    both = true_manifold_distance(dataset, reference, reference_labels, key, **project_kwargs)
+  else:  # one projection program for samples and references
+    both = true_manifold_distance(dataset, np.concatenate([generated, reference]),
+                                  np.concatenate([labels, reference_labels]), key,
+                                  **project_kwargs)
+    generated, both = both[:n], both[n:]
+  distances = {'sample': generated, 'test': both[:m], 'noise': both[m:]}
   logging.info('mean distance to the true manifold: samples %.3f, test images %.3f, noise %.3f',
                *(distances[k].mean() for k in ('sample', 'test', 'noise')))
   out = {f'{k}_distance': float(v.mean()) for k, v in distances.items()}
