@@ -20,6 +20,19 @@ jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
+def configured(path, **overrides):
+  """The config file at `path` with dotted-key overrides, e.g. `**{"model.name": "mlp"}`."""
+  from advgen.cli import load_config
+  config = load_config(path)
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    target = config
+    for part in parents:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
 @pytest.fixture(scope='session')
 def trained_tiny(tmp_path_factory):
   """(workdir, results) of configs/fonts_tiny.py: two fonts classifiers, trained once."""

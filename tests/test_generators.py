@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -15,20 +14,13 @@ from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
 from advgen.train import generator, workdir as workdir_lib
-from conftest import ROOT
+from conftest import ROOT, configured
 
 TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
 
 
 def tiny_config(**overrides):
-  config = load_config(TINY)
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return config
+  return configured(TINY, **overrides)
 
 
 @pytest.fixture(scope='module')

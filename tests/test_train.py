@@ -8,23 +8,15 @@ import numpy as np
 import pytest
 
 from advgen import transforms
-from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.train import classifier, workdir as workdir_lib
-from conftest import ROOT
+from conftest import ROOT, configured
 
 TINY = os.path.join(ROOT, 'configs', 'fonts_tiny.py')
 
 
 def tiny_config(**overrides):
-  config = load_config(TINY)
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return config
+  return configured(TINY, **overrides)
 
 
 def params_of(workdir):
