@@ -32,7 +32,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from advgen import data, manifold
@@ -41,7 +40,7 @@ from advgen.errors import UserError
 from advgen.models import generators
 from advgen.train import loop, state as state_lib, workdir as workdir_lib
 from advgen.train.checkpoint import Checkpoints
-from advgen.train.classifier import data_mesh, model_keys
+from advgen.train.classifier import batch_sharding, model_keys, replicate
 
 RESULTS = 'results.json'
 LATENTS = 'latents.npz'
@@ -123,7 +122,7 @@ def _programs(module, optimizer, steps_per_epoch, beta, gamma, prior_samples, ba
                                                      input_shape)))
   step_fn = functools.partial(train_step, module=module, tx=tx, beta=beta, gamma=gamma,
                               prior_samples=prior_samples)
-  sharding = NamedSharding(data_mesh(), P(None, 'data')) if jax.device_count() > 1 else None
+  sharding = batch_sharding()
   multi_step = jax.jit(functools.partial(
       _multi_step, step_fn=step_fn, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
       sharding=sharding))
@@ -217,21 +216,12 @@ def _multi_step(state, order, step, x_all, keys, *, step_fn, batch_size, steps_p
   return jax.vmap(step_fn)(state, x, step_keys)
 
 
-def _replicate(tree):
-  """Copies on every device of the data mesh; on a single device, arrays committed to it (XLA:CPU
-  runs programs over mesh-sharded inputs about 10x slower, even on a one-device mesh; committed
-  like the states orbax restores, so a resumed run reuses the compiled step)."""
-  if jax.device_count() == 1:
-    return jax.device_put(tree, jax.devices()[0])
-  return jax.device_put(tree, NamedSharding(data_mesh(), P()))
-
-
 _permutation = jax.jit(jax.random.permutation, static_argnums=1)
 
 
 def trainer(config, dataset, setup):
   """`train_step(state, step) -> (state, metrics)` over the stacked models, data on device."""
-  x_train = _replicate(dataset.x_train)
+  x_train = replicate(dataset.x_train)
   order_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(setup.keys)
   step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(setup.keys)
   used = setup.steps_per_epoch * config.batch_size
@@ -319,7 +309,7 @@ def train(config, workdir):
   setup = build(config, dataset)
   module, total = setup.module, len(setup.models)
   num_steps = config.num_epochs * setup.steps_per_epoch
-  state = _replicate(setup.state)
+  state = replicate(setup.state)
   y_test = np.zeros(len(dataset.y_test), np.int32) if total == 1 else dataset.y_test
   y_train = np.zeros(len(dataset.y_train), np.int32) if total == 1 else dataset.y_train
   bs = config.eval.batch_size
