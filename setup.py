@@ -13,7 +13,7 @@ setup(
         'jax>=0.5.0,!=0.10.2,!=0.11.0',
         'jaxlib!=0.10.2,!=0.11.0',
         'flax>=0.10.0',
-        'optax>=0.2.4',
+        'optax>=0.2.5',
         'orbax-checkpoint>=0.11.0',
         'tensorflow-datasets>=4.9.7',
         'numpy>=1.26',

@@ -23,8 +23,8 @@ _CONFIG = flags.DEFINE_string('config', 'configs/fonts.py', 'Classifier config t
 def images_per_second(config, dataset, steps):
   """Images/s of `steps` updates of config.num_models stacked models (after compilation)."""
   module, state, tx, _, steps_per_epoch = classifier.build(config, dataset)
-  train_step = classifier.make_train_step(config, dataset, module, tx, steps_per_epoch,
-                                          classifier.data_mesh())
+  train_step = classifier.make_train_step(config, dataset, module, tx, steps_per_epoch)
+  state = classifier.replicate(state)
   state, _ = train_step(state, 0)  # compile
   jax.block_until_ready(state)
   start = time.perf_counter()

@@ -4,12 +4,15 @@ Most test time on a CPU is XLA compilation of the same small programs; the on-di
 every test (and the scripts tests start as subprocesses) compile each program once.
 """
 
+import contextlib
 import os
+import tempfile
 
 import jax
 import pytest
 
 from advgen.data import fonts
+from advgen.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILATION_CACHE = os.path.join(ROOT, '.pytest_cache', 'jax')
@@ -18,6 +21,16 @@ os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
 jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def private_tempdir(tmp_path_factory):
+  """Temporary files under pytest's own (rotated) directory: tfds leaves an empty
+  `/tmp/tmp*tfds` behind whenever it sees a dataset that is not prepared."""
+  previous = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp('tempfiles'))
+  yield
+  tempfile.tempdir = previous
 
 
 def configured(path, **overrides):
@@ -31,6 +44,26 @@ def configured(path, **overrides):
       target = target[part]
     target[leaf] = value
   return config
+
+
+class Killed(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def killed_after_step(monkeypatch, step):
+  """Kills the run inside the block right after it logs the metrics of `step`."""
+  write = workdir_lib.MetricWriter.write
+
+  def write_then_die(self, logged_step, metrics):
+    write(self, logged_step, metrics)
+    if logged_step == step:
+      raise Killed()
+
+  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write_then_die)
+  with pytest.raises(Killed):
+    yield
+  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write)
 
 
 @pytest.fixture(scope='session')

@@ -14,7 +14,7 @@ from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
 from advgen.train import generator, workdir as workdir_lib
-from conftest import ROOT, configured
+from conftest import ROOT, configured, killed_after_step
 
 TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
 
@@ -172,25 +172,12 @@ def test_encoder_decoder_reconstructs_better_than_a_random_decoder(tiny_run, res
         assert np.all(np.abs(np.asarray(leaf)).max(axis=-1) > 0), (part, path)
 
 
-class Killed(Exception):
-  pass
-
-
 def test_killed_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeypatch):
   reference, reference_results = tiny_run
   workdir = str(tmp_path)
-  write = workdir_lib.MetricWriter.write
   steps_per_epoch = 3
-
-  def dies_in_epoch_two(self, step, metrics):
-    write(self, step, metrics)
-    if step == steps_per_epoch + 1:  # after the epoch-1 checkpoint, mid epoch 2
-      raise Killed()
-
-  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', dies_in_epoch_two)
-  with pytest.raises(Killed):
+  with killed_after_step(monkeypatch, steps_per_epoch + 1):  # after the epoch-1 checkpoint
     generator.train(tiny_config(), workdir)
-  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
   results = generator.train(tiny_config(), workdir)
   assert results == reference_results

@@ -10,7 +10,7 @@ import pytest
 from advgen import transforms
 from advgen.errors import UserError
 from advgen.train import classifier, workdir as workdir_lib
-from conftest import ROOT, configured
+from conftest import ROOT, configured, killed_after_step
 
 TINY = os.path.join(ROOT, 'configs', 'fonts_tiny.py')
 
@@ -70,24 +70,11 @@ def test_finished_workdir_is_not_overwritten(finished):
   assert open(os.path.join(workdir, 'results.json')).read() == before
 
 
-class Killed(Exception):
-  pass
-
-
 def test_killed_run_resumes_to_the_same_numbers(finished, tmp_path, monkeypatch):
   reference, reference_results = finished
   workdir = str(tmp_path)
-  write = workdir_lib.MetricWriter.write
-
-  def dies_in_epoch_two(self, step, metrics):
-    write(self, step, metrics)
-    if step == 8:  # after the epoch-1 checkpoint (step 5), mid epoch 2
-      raise Killed()
-
-  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', dies_in_epoch_two)
-  with pytest.raises(Killed):
+  with killed_after_step(monkeypatch, 8):  # after the epoch-1 checkpoint (step 5), mid epoch 2
     classifier.train(tiny_config(), workdir)
-  monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
   results = classifier.train(tiny_config(), workdir)
   assert results == reference_results

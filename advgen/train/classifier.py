@@ -103,13 +103,12 @@ def _multi_step(state, order, step, x_all, y_all, keys, *, module, tx, batch_tra
   return jax.vmap(update)(state, x, y, step_keys)
 
 
-def make_train_step(config, dataset, module, tx, steps_per_epoch, mesh):
+def make_train_step(config, dataset, module, tx, steps_per_epoch):
   """`train_step(state, step) -> (state, metrics)` for stacked states, data already on device.
 
   Each model's data order is a per-epoch permutation of its own seed, so a run resumed at any
   step sees the same batches as an uninterrupted one.
   """
-  del mesh  # placement follows the device count (replicate, batch_sharding)
   x_train, y_train = replicate((dataset.x_train, dataset.y_train))
   keys = model_keys(config.seed, config.num_models)
   order_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -137,16 +136,14 @@ def train(config, workdir):
   """Trains config.num_models classifiers in `workdir`; returns the results dict."""
   results_path = os.path.join(workdir, RESULTS)
   workdir_lib.check_config(workdir, config)
-  if os.path.exists(results_path):
-    raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
-                    'to train again')
+  workdir_lib.refuse_finished(results_path)
   dataset = data.load(config.dataset)
   _validate(config, dataset)
   module, state, tx, schedule, steps_per_epoch = build(config, dataset)
   workdir_lib.prepare(workdir, config)  # only a config that builds is recorded
   num_steps = config.num_epochs * steps_per_epoch
   state = replicate(state)
-  train_step = make_train_step(config, dataset, module, tx, steps_per_epoch, data_mesh())
+  train_step = make_train_step(config, dataset, module, tx, steps_per_epoch)
   num_train = len(dataset.y_train)
 
   def error_rates(state, x, y):

@@ -200,7 +200,7 @@ def train_step(state, x, key, *, module, tx, beta, gamma, prior_samples=False):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   return new_state, metrics
 
 
@@ -301,12 +301,11 @@ def _reconstruction_grid(x, recon, y, num_models, columns):
 def train(config, workdir):
   """Trains the configured generators in `workdir`; returns the results dict."""
   results_path = os.path.join(workdir, RESULTS)
-  workdir_lib.prepare(workdir, config)
-  if os.path.exists(results_path):
-    raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
-                    'to train again')
+  workdir_lib.check_config(workdir, config)
+  workdir_lib.refuse_finished(results_path)
   dataset = data.load(config.dataset)
   setup = build(config, dataset)
+  workdir_lib.prepare(workdir, config)  # only a config that builds is recorded
   module, total = setup.module, len(setup.models)
   num_steps = config.num_epochs * setup.steps_per_epoch
   state = replicate(setup.state)

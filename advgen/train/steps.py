@@ -31,5 +31,5 @@ def train_step(state, x, y, key, *, module, tx, batch_transform):
   new_state = state.replace(params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
-             'grad_norm': optax.global_norm(grads)}
+             'grad_norm': optax.tree.norm(grads)}
   return new_state, metrics

@@ -63,6 +63,13 @@ def write_json(path, value):
   os.replace(tmp, path)
 
 
+def refuse_finished(results_path):
+  """Stops a run before any work when its result file exists: its workdir holds a finished run."""
+  if os.path.exists(results_path):
+    raise UserError(f'{results_path} already exists: this run is finished; use a new --workdir '
+                    'to train again')
+
+
 def write_results(path, value, overwrite=False):
   """Writes a final result file, refusing to replace an existing one unless asked to."""
   if os.path.exists(path) and not overwrite:
