@@ -1,4 +1,4 @@
-"""Training throughput: images/second, and the speed-up of K models in one vmapped program.
+"""Training throughput: images/second, and the speed-up of K models in one compiled program.
 
   python benchmarks/train_throughput.py [--num_models=5] [--steps=50]
 
@@ -46,7 +46,7 @@ def main(argv):
   together = images_per_second(config, dataset, _STEPS.value)
   print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}')
   print(f'one model:            {single:10.0f} images/s')
-  print(f'{k} models vmapped:    {together:10.0f} images/s (all models together)')
+  print(f'{k} models together:   {together:10.0f} images/s (one program, `over_models`)')
   print(f'K-model speed-up: {together / single:.2f}x over training the {k} models one after '
         'another')
 
