@@ -1,11 +1,13 @@
-"""Script plumbing: one-line errors with exit status 2, and loading config files by path."""
+"""Script plumbing: the --config/--workdir flags, one-line errors with exit status 2, and loading
+config files by path."""
 
 import importlib.util
 import logging
 import os
 import sys
 
-from absl import app
+from absl import app, flags
+from ml_collections import config_flags
 
 from advgen.errors import UserError
 
@@ -15,6 +17,14 @@ class _LibraryChatter(logging.Filter):
 
   def filter(self, record):
     return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
+def config_and_workdir_flags(config_help, workdir_help):
+  """Defines the required --config (a config file, locked) and --workdir flags of a script."""
+  config = config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None, workdir_help)
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return config, workdir
 
 
 def run(main):

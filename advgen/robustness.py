@@ -83,9 +83,7 @@ def run(config, workdir):
   x, y = dataset.x_test[:num], dataset.y_test[:num]
   latents = _test_latents(dataset, num)
   num_models = jax.tree.leaves(variables)[0].shape[0]
-  stacked = classifier.stacked_logits_fn(module, variables)
-  clean_logits = np.asarray(jnp.concatenate(
-      [stacked(x[i:i + config.batch_size]) for i in range(0, num, config.batch_size)], axis=1))
+  clean_logits = classifier.stacked_logits(module, variables, x, config.batch_size)
   key = jax.random.key(config.seed)
   results, examples = {'num_images': num, 'num_models': num_models}, {}
   for index, (label, spec) in enumerate(sorted(config.attacks.items())):
@@ -115,11 +113,11 @@ def _transfer(result, clean_logits, y, module, variables):
   if num_models < 2:
     return []
   correct = [evaluate.correct(clean_logits[k], y) for k in range(num_models)]
+  apply = jax.jit(lambda v, inputs: module.apply(v, inputs, train=False))  # compiled once
   out = []
   for source in range(num_models):
     target = (source + 1) % num_models
-    target_fn = jax.jit(lambda inputs, t=target: module.apply(
-        jax.tree.map(lambda a: a[t], variables), inputs, train=False))
+    target_fn = functools.partial(apply, jax.tree.map(lambda a: a[target], variables))
     mask = correct[source] & correct[target] & np.asarray(result.success[source])
     out.append({'source': source, 'target': target,
                 **evaluate.transfer(target_fn, result.x_adv[source], y, mask)})

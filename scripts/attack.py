@@ -5,14 +5,10 @@
 
 import json
 
-from absl import flags
-from ml_collections import config_flags
-
 from advgen import cli, robustness
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Attack config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir of scripts/train_classifier.py.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.config_and_workdir_flags(
+    'Attack config file.', 'A workdir of scripts/train_classifier.py.')
 
 
 def main(argv):

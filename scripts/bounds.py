@@ -7,15 +7,11 @@ results.json, report.md (the table), figures/robustness_cdf.png and figures/figu
 again on the same workdir to resume an interrupted training.
 """
 
-from absl import flags
-from ml_collections import config_flags
-
 from advgen import cli
 from advgen.bounds import experiment
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Bounds config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the models, results and figures.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.config_and_workdir_flags(
+    'Bounds config file.', 'Directory for the models, results and figures.')
 
 
 def main(argv):

@@ -6,16 +6,11 @@ checkpoints, latent codes, PNG grids and results.json.
 Run it again on the same workdir to resume after an interruption.
 """
 
-from absl import flags
-from ml_collections import config_flags
-
 from advgen import cli
 from advgen.train import generator
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.config_and_workdir_flags(
+    'Experiment config file.', 'Directory for checkpoints, metrics and results.')
 
 
 def main(argv):

@@ -37,24 +37,24 @@ def _half(size):
   return -(-size // 2)
 
 
-def flat_normal(key, shape, dtype=jnp.float32, truncate=False):
-  """Normal draws made as a flat vector and reshaped.
+def flat_normal(key, shape, dtype=jnp.float32, bound=None):
+  """Normal draws (truncated to [-bound, bound] if given) made as a flat vector and reshaped.
 
   With partitionable threefry (JAX's default), XLA:CPU takes seconds to compile a draw of rank 3
   or more (vmapped rank-2 draws included); a flat draw compiles in a fraction of a second.
   """
   size = int(np.prod(shape))
-  if truncate:
-    flat = jax.random.truncated_normal(key, -2.0, 2.0, (size,), dtype)
-  else:
+  if bound is None:
     flat = jax.random.normal(key, (size,), dtype)
+  else:
+    flat = jax.random.truncated_normal(key, -bound, bound, (size,), dtype)
   return flat.reshape(shape)
 
 
 def lecun_normal(key, shape, dtype=jnp.float32):
   """`nn.initializers.lecun_normal()` (truncated normal, variance 1 / fan_in), drawn flat."""
   std = np.sqrt(1.0 / np.prod(shape[:-1])) / .87962566103423978
-  return flat_normal(key, shape, dtype, truncate=True) * jnp.asarray(std, dtype)
+  return flat_normal(key, shape, dtype, bound=2.0) * jnp.asarray(std, dtype)
 
 
 class Conv4x4(nn.Module):
@@ -345,8 +345,7 @@ def class_encode_fn(module, variables, k):
 
 def truncated_prior(key, shape, bound=2.0):
   """Latent codes from N(0, I) resampled into [-bound, bound] (Stutz's truncated prior)."""
-  flat = jax.random.truncated_normal(key, -bound, bound, (int(np.prod(shape)),))
-  return flat.reshape(shape)
+  return flat_normal(key, shape, bound=bound)
 
 
 def group_by_class(labels, num_models):

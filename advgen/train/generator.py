@@ -398,12 +398,7 @@ def restore(workdir, step=None):
   The variables have a leading model axis: K = num_classes for class-specific generators, 1 for a
   class-agnostic one. Use `generators.encode_fn(module, variables)` and `decode_fn(...)`.
   """
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise UserError(f'{workdir} holds no trained generator (no config.json); train one with '
-                    f'scripts/train_generator.py --workdir={workdir}')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = workdir_lib.stored_config(workdir, 'generator', 'scripts/train_generator.py')
   if 'loss' not in config or 'class_specific' not in config:
     raise UserError(f'{workdir} holds no generator run (its config.json has no loss or '
                     'class_specific); pass the workdir of scripts/train_generator.py')

@@ -8,6 +8,8 @@ import json
 import os
 import tempfile
 
+import ml_collections
+
 from advgen.errors import UserError
 
 
@@ -25,6 +27,15 @@ def check_config(workdir, config):
       raise UserError(
           f'{workdir} holds a run with a different config (changed: {", ".join(changed[:5])}); '
           'use a new --workdir or restore the old config')
+
+
+def stored_config(workdir, kind, script):
+  """The config a run of `script` recorded in `workdir`, for loading what it trained."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise UserError(f'{workdir} holds no trained {kind} (no config.json); train one with '
+                    f'{script} --workdir={workdir}')
+  return ml_collections.ConfigDict(read_json(path))
 
 
 def prepare(workdir, config):
