@@ -1,6 +1,7 @@
 """Attacking trained classifiers: the configured attacks on a training workdir's K models.
 
-All K models are attacked in one vmapped, jit-compiled program per batch of test images. Attacks
+All K models are attacked in one jit-compiled program per batch of test images
+(`classifier.over_models`: vmapped on accelerators, unrolled on CPU). Attacks
 are configured by name (see `advgen.attacks.ATTACKS`) plus 'on_true_manifold', which perturbs the
 fonts generator's parameters theta with the font and class fixed (Stutz et al.).
 """
@@ -59,10 +60,11 @@ def build_attack(spec, dataset):
 
 
 @functools.partial(jax.jit, static_argnames=('module', 'attack'))
-def _attack_models(variables, x, y, key, latents, *, module, attack):
-  """The attack on each of the K stacked models, as one program."""
+def attack_models(variables, x, y, key, latents, *, module, attack):
+  """The attack on each of the K stacked models, as one program: an AttackResult of (K, B, ...)
+  arrays, model k's the same as attacking model k alone."""
   one = lambda v: attack(lambda inputs: module.apply(v, inputs, train=False), x, y, key, latents)
-  return jax.vmap(one)(variables)
+  return classifier.over_models(one)(variables)
 
 
 def _test_latents(dataset, num):
@@ -92,7 +94,7 @@ def run(config, workdir):
     for start in range(0, num, config.batch_size):
       batch = slice(start, start + config.batch_size)
       batch_key = jax.random.fold_in(jax.random.fold_in(key, index), start)
-      batches.append(jax.device_get(_attack_models(
+      batches.append(jax.device_get(attack_models(
           variables, x[batch], y[batch], batch_key, jax.tree.map(lambda a: a[batch], latents),
           module=module, attack=attack)))
     result = jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *batches)  # (K, N, ...)
@@ -108,7 +110,7 @@ def run(config, workdir):
 
 
 def _transfer(result, clean_logits, y, module, variables):
-  """Model k's successful adversarial examples scored on model k+1 (mod K), where both were right."""
+  """Model k's successful adversarial examples scored on model k+1 (mod K) where both are right."""
   num_models = clean_logits.shape[0]
   if num_models < 2:
     return []

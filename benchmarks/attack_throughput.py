@@ -1,11 +1,14 @@
 """PGD throughput: the JAX PGD engine against a bare input-gradient and against torchattacks.
 
-    python benchmarks/attack_throughput.py [--batch 100] [--steps 40] [--repeats 10]
+    python benchmarks/attack_throughput.py [--batch 100] [--steps 40] [--repeats 10] [--models 5]
 
 On Stutz et al.'s conv net (28x28x1, batch 100, random weights and batch statistics) it prints
 PGD image-steps per second, their ratio to bare jitted `value_and_grad` evaluations of the loss
 with respect to the input on the same batch (the cost floor of one step), and, when torch and
 torchattacks are importable, the ratio to torchattacks.PGD on the same architecture and weights.
+It then attacks `--models` such nets the way `scripts/attack.py` does, in one program
+(`robustness.attack_models`), and prints its speed against attacking them one after another and
+against a plain `vmap` over the stacked models.
 The methods are timed in turns within one run, so a busy machine slows them alike; each figure is
 the fastest of `--repeats` rounds.
 """
@@ -17,7 +20,7 @@ import jax
 import numpy as np
 import optax
 
-from advgen import attacks, models
+from advgen import attacks, models, robustness
 
 EPSILON, STEP_SIZE = 0.3, 0.01
 
@@ -33,6 +36,26 @@ def _variables(key):
       for name, s in variables['batch_stats'].items()
   }
   return module, {**variables, 'batch_stats': stats}
+
+
+def model_runners(num_models, x, y, steps):
+  """Callables attacking `num_models` stacked nets: as scripts/attack.py does, one after another,
+  and vmapped."""
+  module, _ = _variables(jax.random.key(0))
+  stacked = jax.tree.map(lambda *parts: jax.numpy.stack(parts), *[
+      _variables(k)[1] for k in jax.random.split(jax.random.key(4), num_models)])
+  attack = robustness.build_attack(
+      dict(attack='pgd_linf', epsilon=EPSILON, num_steps=steps, step_size=STEP_SIZE), None)
+  key = jax.random.key(0)
+  one = lambda v: attack(models.logits_fn(module, v), x, y, key, {})
+  single, vmapped = jax.jit(one), jax.jit(jax.vmap(one))
+  per_model = [jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(num_models)]
+  return {
+      'together': lambda: jax.block_until_ready(robustness.attack_models(
+          stacked, x, y, key, {}, module=module, attack=attack)),
+      'one_by_one': lambda: jax.block_until_ready([single(v) for v in per_model]),
+      'vmapped': lambda: jax.block_until_ready(vmapped(stacked)),
+  }
 
 
 def _seconds(fn):
@@ -146,6 +169,7 @@ def main():
   parser.add_argument('--batch', type=int, default=100)
   parser.add_argument('--steps', type=int, default=40)
   parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--models', type=int, default=5)
   args = parser.parse_args()
 
   module, variables = _variables(jax.random.key(0))
@@ -157,6 +181,8 @@ def main():
   runners = {'jax_pgd': pgd, 'bare_gradient': gradients}
   if torch_pgd is not None:
     runners['torchattacks_pgd'] = torch_pgd
+  runners.update({f'{args.models}_models_{name}': run
+                  for name, run in model_runners(args.models, x, y, args.steps).items()})
   for run in runners.values():  # compile and warm up
     run()
   best = {name: float('inf') for name in runners}
@@ -175,6 +201,11 @@ def main():
   else:
     print(f'torchattacks PGD:       {rate["torchattacks_pgd"]:10.0f} image-steps/s  [{torch_note}]')
     print(f'ratio JAX PGD / torchattacks PGD: {rate["jax_pgd"] / rate["torchattacks_pgd"]:.3f}')
+  k = args.models
+  together = best[f'{k}_models_together']
+  print(f'{k} models in one program (scripts/attack.py): '
+        f'{best[f"{k}_models_one_by_one"] / together:.3f}x the speed of one after another, '
+        f'{best[f"{k}_models_vmapped"] / together:.3f}x the speed of vmapping them')
 
 
 if __name__ == '__main__':

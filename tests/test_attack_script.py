@@ -2,9 +2,12 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from advgen import robustness
+from advgen import models, robustness
 from advgen.cli import load_config
 from advgen.errors import UserError
 from conftest import ROOT
@@ -58,3 +61,22 @@ def test_on_true_manifold_attack_needs_the_fonts_generator():
   with pytest.raises(UserError, match='needs the fonts dataset'):
     robustness.build_attack(dict(attack='on_true_manifold', epsilon=0.3, num_steps=1,
                                  step_size=0.1, step_rule='sign'), spheres)
+
+
+def test_models_attacked_together_equal_each_attacked_alone():
+  """The K-model program (unrolled on CPU, vmapped elsewhere) gives model k what attacking model k
+  alone gives."""
+  module = models.classifier('stutz_convnet', 10)
+  per_model = [models.init(module, k, (28, 28, 1)) for k in jax.random.split(jax.random.key(0), 2)]
+  stacked = jax.tree.map(lambda *parts: jnp.stack(parts), *per_model)
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  y = jnp.arange(6) % 10
+  attack = robustness.build_attack(
+      dict(attack='pgd_linf', epsilon=0.1, num_steps=5, step_size=0.02, early_stop=False), None)
+  key = jax.random.key(2)
+  together = robustness.attack_models(stacked, x, y, key, {}, module=module, attack=attack)
+  for k, variables in enumerate(per_model):
+    alone = jax.jit(lambda v: attack(models.logits_fn(module, v), x, y, key, {}))(variables)
+    np.testing.assert_allclose(together.x_adv[k], alone.x_adv, atol=1e-5)
+    assert not np.allclose(alone.x_adv, x)  # the attack moved the images
+  assert not np.allclose(together.x_adv[0], together.x_adv[1])  # each model got its own attack

@@ -13,7 +13,7 @@ from advgen import data
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
-from advgen.train import generator, workdir as workdir_lib
+from advgen.train import classifier, generator, workdir as workdir_lib
 from conftest import ROOT, configured, killed_after_step
 
 TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
@@ -24,9 +24,15 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
+def judged(trained_tiny):
+  """Overrides that add the GAN-test accuracy by the tiny fonts classifiers."""
+  return {'eval.classifier_workdir': trained_tiny[0], 'eval.num_classified': 40}
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, judged):
   workdir = str(tmp_path_factory.mktemp('vaegan_tiny'))
-  return workdir, generator.train(tiny_config(), workdir)
+  return workdir, generator.train(tiny_config(**judged), workdir)
 
 
 @pytest.fixture(scope='module')
@@ -122,6 +128,31 @@ def test_run_writes_metrics_results_latents_and_grids(tiny_run):
   samples = Image.open(os.path.join(workdir, 'samples.png'))
   assert samples.size == (2 * (4 * 29 + 1), 2 * (10 * 29 + 1))  # 10 classes x 4 columns
   assert results['num_distance'] == 40 and results['num_reference'] == 10
+  assert results['num_classified'] == 40 and len(results['gan_test_accuracy_per_model']) == 10
+  assert results['gan_test_accuracy'] == pytest.approx(
+      np.mean(results['gan_test_accuracy_per_model']))
+
+
+class Brightness(nn.Module):
+  """A stand-in classifier that reads the class off the mean brightness (class k: k / 10), with
+  a learnable gain: gain 1 is always right, gain 0 always says class 0."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    level = 10 * self.param('gain', nn.initializers.ones, ()) * x.mean(axis=(1, 2, 3))
+    return -(level[:, None] - jnp.arange(10)) ** 2
+
+
+def test_gan_test_accuracy_scores_each_sample_against_its_class_model():
+  images = np.stack([np.full((3, 28, 28, 1), k / 10, np.float32) for k in range(10)])
+  right, class_zero = {'params': {'gain': 1.0}}, {'params': {'gain': 0.0}}
+  stacked = jax.tree.map(lambda *v: jnp.stack(v), right, class_zero)
+  scores = generator.gan_test_accuracy(Brightness(), stacked, images)
+  assert scores['gan_test_accuracy'] == pytest.approx((1.0 + 0.1) / 2)  # averaged over classifiers
+  assert scores['gan_test_accuracy_per_model'] == pytest.approx([1.0] + [0.5] * 9)
+  assert scores['num_classified'] == 30
+  shifted = generator.gan_test_accuracy(Brightness(), stacked, np.roll(images, 1, axis=0))
+  assert shifted['gan_test_accuracy'] == pytest.approx(0.05)  # class model 0 now shows class 9
 
 
 def test_latent_codes_are_the_encoder_means_of_each_class(tiny_run, restored):
@@ -172,14 +203,14 @@ def test_encoder_decoder_reconstructs_better_than_a_random_decoder(tiny_run, res
         assert np.all(np.abs(np.asarray(leaf)).max(axis=-1) > 0), (part, path)
 
 
-def test_killed_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_numbers(tiny_run, judged, tmp_path, monkeypatch):
   reference, reference_results = tiny_run
   workdir = str(tmp_path)
   steps_per_epoch = 3
   with killed_after_step(monkeypatch, steps_per_epoch + 1):  # after the epoch-1 checkpoint
-    generator.train(tiny_config(), workdir)
+    generator.train(tiny_config(**judged), workdir)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
-  results = generator.train(tiny_config(), workdir)
+  results = generator.train(tiny_config(**judged), workdir)
   assert results == reference_results
   jax.tree.map(np.testing.assert_array_equal, generator.restore(workdir)[3],
                generator.restore(reference)[3])
@@ -187,14 +218,15 @@ def test_killed_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeypatch)
   assert steps == sorted(set(steps))
 
 
-def test_finished_run_is_not_overwritten_and_the_script_says_so_in_one_line(tiny_run):
+def test_finished_run_is_not_overwritten_and_the_script_says_so_in_one_line(tiny_run, judged):
   workdir, _ = tiny_run
   before = open(os.path.join(workdir, 'results.json')).read()
   with pytest.raises(UserError, match='different config'):
-    generator.train(tiny_config(seed=5), workdir)
+    generator.train(tiny_config(seed=5, **judged), workdir)
   done = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'scripts', 'train_generator.py'), f'--config={TINY}',
-       f'--workdir={workdir}'], capture_output=True, text=True, cwd=ROOT, timeout=120)
+       f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in judged.items()],
+      capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith('error: ')
   assert 'already exists' in done.stderr
@@ -233,10 +265,18 @@ def test_class_models_trained_together_equal_models_trained_one_by_one(tiny_run,
     ({'batch_size': 31}, 'batch_size'),
     ({'model.name': 'gan'}, 'unknown generator'),
     ({'loss.beta': -1.0}, 'beta'),
+    ({'eval.classifier_workdir': '/nonexistent/run'}, 'no trained classifier'),
+    ({'eval.classifier_workdir': ROOT, 'class_specific': False}, 'needs class_specific'),
 ])
 def test_bad_config_is_a_user_error(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
     generator.train(tiny_config(**overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / 'config.json')  # refused before anything was written
+
+
+def test_a_generator_workdir_is_no_classifier_workdir(tiny_run):
+  with pytest.raises(UserError, match='holds no classifier run'):
+    classifier.restore(tiny_run[0])
 
 
 def test_restore_needs_a_generator_workdir(tmp_path):

@@ -7,7 +7,7 @@ resumes there, a finished one is loaded), then on x = g(z), z ~ N(0, I):
 - measures each classifier's class probabilities P_i (its regions in latent space) and E||g(z)||
   on `num_prob_samples` latents, and a modulus of continuity omega of g (`estimate_modulus`);
 - estimates r_Z, r_in and r_unc (`empirical.estimate`) on `num_samples` latents, all K stacked
-  models of a classifier workdir in one vmapped, jit-compiled program per batch;
+  models of a classifier workdir in one jit-compiled program per batch;
 - bounds the p-quantiles: Theorem 1 with omega = identity for r_Z, and omega(.) with the
   modulus' failure probability for r_in and r_unc (r_unc <= r_in <= omega(r_Z));
 
@@ -62,7 +62,7 @@ def _frozen(settings):
 @functools.partial(jax.jit, static_argnames=('classifier', 'generator', 'settings'))
 def _estimate_models(classifier_variables, generator_variables, z, key, *, classifier, generator,
                      settings):
-  """`empirical.estimate` for each of the K stacked classifiers: one vmapped program."""
+  """`empirical.estimate` for each of the K stacked classifiers, in one program."""
   decode_fn = lambda v: generator.apply(generator_variables, v, method='decode')
   kwargs = {name: dict(value) for name, value in settings if name != 'refine_steps'}
   refine = dict(settings)['refine_steps']
@@ -71,7 +71,7 @@ def _estimate_models(classifier_variables, generator_variables, z, key, *, class
     logits_fn = lambda x: classifier.apply(variables, x, train=False)
     return empirical.estimate(logits_fn, decode_fn, z, key, refine_steps=refine, **kwargs)
 
-  return jax.vmap(one)(classifier_variables)
+  return classifier_lib.over_models(one)(classifier_variables)
 
 
 @functools.partial(jax.jit, static_argnames=('classifier', 'generator', 'num_classes'))
@@ -85,7 +85,7 @@ def _predict_models(classifier_variables, generator_variables, z, *, classifier,
     _, counts, norm_sum = empirical.predicted_classes(logits_fn, decode_fn, z, num_classes)
     return counts, norm_sum
 
-  return jax.vmap(one)(classifier_variables)
+  return classifier_lib.over_models(one)(classifier_variables)
 
 
 def _validate(config):

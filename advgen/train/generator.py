@@ -17,7 +17,10 @@ z ~ N(0, I) with the same two GAN losses (weight 1).
 
 On fonts, a finished run also measures quality against the known manifold: the test L1
 reconstruction error and the mean distance (`fonts.project`) of generated samples, real test
-images and uniform noise to the true class manifolds.
+images and uniform noise to the true class manifolds. With `config.eval.classifier_workdir`, a
+class-specific run also reports the GAN-test accuracy (Shmelkov et al., 2018): the share of prior
+samples of class model k that classifiers trained on real data call k, i.e. how recognisable the
+samples are.
 """
 
 import dataclasses
@@ -38,7 +41,8 @@ from advgen import data, manifold
 from advgen.data import fonts
 from advgen.errors import UserError
 from advgen.models import generators
-from advgen.train import loop, state as state_lib, workdir as workdir_lib
+from advgen.train import classifier as classifier_lib, loop, state as state_lib
+from advgen.train import workdir as workdir_lib
 from advgen.train.checkpoint import Checkpoints
 from advgen.train.classifier import batch_sharding, model_keys, replicate
 
@@ -79,6 +83,13 @@ def _validate(config, dataset):
       raise UserError(f'config.loss.{name} must be non-negative, got {config.loss[name]}')
   if config.eval.truncation <= 0:
     raise UserError(f'config.eval.truncation must be positive, got {config.eval.truncation}')
+  if config.eval.get('classifier_workdir'):
+    if not config.class_specific:
+      raise UserError('config.eval.classifier_workdir needs class_specific generators (the '
+                      'GAN-test accuracy compares each sample with its class); unset it')
+    if config.eval.num_classified < 1:
+      raise UserError(f'config.eval.num_classified must be positive, got '
+                      f'{config.eval.num_classified}')
 
 
 def build(config, dataset, models=None):
@@ -305,6 +316,7 @@ def train(config, workdir):
   workdir_lib.refuse_finished(results_path)
   dataset = data.load(config.dataset)
   setup = build(config, dataset)
+  judges = _classifiers(config.eval.get('classifier_workdir'), dataset)  # fails before training
   workdir_lib.prepare(workdir, config)  # only a config that builds is recorded
   module, total = setup.module, len(setup.models)
   num_steps = config.num_epochs * setup.steps_per_epoch
@@ -351,11 +363,41 @@ def train(config, workdir):
   images = np.asarray(sample(module, variables, samples_key, per_row, config.eval.truncation))
   save_grid(os.path.join(workdir, SAMPLES), images.reshape((-1, columns) + images.shape[2:]))
 
+  if judges is not None:
+    per_model = -(-config.eval.num_classified // total)
+    results.update(gan_test_accuracy(*judges, np.asarray(sample(
+        module, variables, jax.random.fold_in(samples_key, 2), per_model, config.eval.truncation))))
   if dataset.name == 'fonts' and config.eval.num_distance:
     results.update(_manifold_distances(config, dataset, module, variables, total,
                                        jax.random.fold_in(samples_key, 1), distance_key))
   workdir_lib.write_results(results_path, results)
   return results
+
+
+def _classifiers(workdir, dataset):
+  """(module, stacked variables) of the classifiers trained in `workdir`, or None if unset."""
+  if not workdir:
+    return None
+  config, _, module, variables = classifier_lib.restore(workdir)
+  if config.dataset.name != dataset.name:
+    raise UserError(f'config.eval.classifier_workdir={workdir} holds classifiers of '
+                    f'{config.dataset.name!r}, not of {dataset.name!r}; pass a workdir trained on '
+                    'the same dataset')
+  return module, variables
+
+
+def gan_test_accuracy(classifier, classifier_variables, images):
+  """GAN-test accuracy of `images` (K, n, H, W, C), n samples of each class model k: the share
+  that each of the stacked classifiers assigns to the sample's class, averaged over them."""
+  total, per_model = images.shape[:2]
+  labels = np.repeat(np.arange(total), per_model)
+  logits = classifier_lib.stacked_logits(classifier, classifier_variables,
+                                         np.reshape(images, (-1,) + images.shape[2:]))
+  correct = (np.argmax(logits, axis=-1) == labels).mean(axis=0)  # over the classifiers
+  logging.info('GAN-test accuracy %.3f', correct.mean())
+  return {'gan_test_accuracy': float(correct.mean()),
+          'gan_test_accuracy_per_model': per_model_mean(correct, labels, total).tolist(),
+          'num_classified': total * per_model}
 
 
 def _manifold_distances(config, dataset, module, variables, total, samples_key, key):
