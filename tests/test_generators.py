@@ -274,9 +274,12 @@ def test_bad_config_is_a_user_error(tmp_path, overrides, message):
   assert not os.path.exists(tmp_path / 'config.json')  # refused before anything was written
 
 
-def test_a_generator_workdir_is_no_classifier_workdir(tiny_run):
+def test_classifier_and_generator_workdirs_are_not_mistaken_for_each_other(tiny_run,
+                                                                           trained_tiny):
   with pytest.raises(UserError, match='holds no classifier run'):
     classifier.restore(tiny_run[0])
+  with pytest.raises(UserError, match='holds no generator run'):
+    generator.restore(trained_tiny[0])
 
 
 def test_restore_needs_a_generator_workdir(tmp_path):

@@ -197,10 +197,8 @@ def train(config, workdir):
 
 def restore(workdir, step=None):
   """(config, dataset, module, stacked variables) of the classifiers trained in `workdir`."""
-  config = workdir_lib.stored_config(workdir, 'classifier', 'scripts/train_classifier.py')
-  if 'num_models' not in config or 'variant' not in config:
-    raise UserError(f'{workdir} holds no classifier run (its config.json has no num_models or '
-                    'variant); pass the workdir of scripts/train_classifier.py')
+  config = workdir_lib.stored_config(workdir, 'classifier', 'scripts/train_classifier.py',
+                                     ('num_models', 'variant'))
   dataset = data.load(config.dataset)
   module, state, _, _, _ = build(config, dataset)
   checkpoints = Checkpoints(workdir)

@@ -440,10 +440,8 @@ def restore(workdir, step=None):
   The variables have a leading model axis: K = num_classes for class-specific generators, 1 for a
   class-agnostic one. Use `generators.encode_fn(module, variables)` and `decode_fn(...)`.
   """
-  config = workdir_lib.stored_config(workdir, 'generator', 'scripts/train_generator.py')
-  if 'loss' not in config or 'class_specific' not in config:
-    raise UserError(f'{workdir} holds no generator run (its config.json has no loss or '
-                    'class_specific); pass the workdir of scripts/train_generator.py')
+  config = workdir_lib.stored_config(workdir, 'generator', 'scripts/train_generator.py',
+                                     ('loss', 'class_specific'))
   dataset = data.load(config.dataset)
   setup = build(config, dataset)
   checkpoints = Checkpoints(workdir)

@@ -29,13 +29,19 @@ def check_config(workdir, config):
           'use a new --workdir or restore the old config')
 
 
-def stored_config(workdir, kind, script):
-  """The config a run of `script` recorded in `workdir`, for loading what it trained."""
+def stored_config(workdir, kind, script, keys):
+  """The config a run of `script` recorded in `workdir`, for loading what it trained; `keys`,
+  fields every config of that script has, tell a workdir of another script."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise UserError(f'{workdir} holds no trained {kind} (no config.json); train one with '
                     f'{script} --workdir={workdir}')
-  return ml_collections.ConfigDict(read_json(path))
+  config = ml_collections.ConfigDict(read_json(path))
+  missing = [key for key in keys if key not in config]
+  if missing:
+    raise UserError(f'{workdir} holds no {kind} run (its config.json has no '
+                    f'{", ".join(missing)}); pass the workdir of {script}')
+  return config
 
 
 def prepare(workdir, config):
