@@ -3,7 +3,8 @@
   python scripts/train_generator.py --config=configs/dcgan_svhn.py --workdir=/tmp/advgen/dcgan_svhn
 
 Needs SVHN prepared for tensorflow-datasets (see advgen/data/tfds.py); set config.dataset.data_dir
-with `--config.dataset.data_dir=DIR`. Adam with lr 2e-4 as in Radford et al.; meant for a GPU.
+with `--config.dataset.data_dir=DIR`. Adam with lr 2e-4 and b1 0.5 as in Radford et al.; meant
+for a GPU.
 """
 
 import ml_collections
@@ -18,7 +19,7 @@ def get_config(dataset='svhn_cropped'):
   config.class_specific = False
   config.loss = ml_collections.ConfigDict(dict(beta=0.0, gamma=1.0))  # GAN losses only
   config.optimizer = ml_collections.ConfigDict(dict(
-      name='adam', learning_rate=2e-4, lr_decay=1.0, weight_decay=0.0))
+      name='adam', learning_rate=2e-4, b1=0.5, lr_decay=1.0, weight_decay=0.0))
   config.batch_size = 128
   config.num_epochs = 25
   config.eval = ml_collections.ConfigDict(dict(

@@ -16,7 +16,7 @@ def get_config(num_train=None):
       name='fonts', difficulty='hard', num_train=int(num_train or 10000), num_test=1000, seed=0))
   config.model = ml_collections.ConfigDict(dict(name='stutz_convnet', kwargs={}))
   config.optimizer = ml_collections.ConfigDict(dict(
-      name='adam', learning_rate=0.01, lr_decay=0.95, weight_decay=1e-4))
+      name='adam', learning_rate=0.01, b1=0.9, lr_decay=0.95, weight_decay=1e-4))
   config.variant = ml_collections.ConfigDict(dict(name='normal'))
   config.batch_size = 100
   config.num_epochs = 20

@@ -14,6 +14,8 @@ def get_config():
   del config.model.kwargs['discriminator_channels']
   config.class_specific = False
   config.loss.gamma = 0.0
+  config.optimizer.b1 = 0.9  # the VAE-GAN's b1 0.5 and params average are for its GAN game
+  config.ema_decay = 0.0
   config.batch_size = 100
   # One model sees every class: ten times the distance projections of a class-specific one.
   config.eval.num_distance = 20

@@ -13,7 +13,8 @@ from advgen import data
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
-from advgen.train import classifier, generator, workdir as workdir_lib
+from advgen.train import classifier, generator, state as state_lib
+from advgen.train import workdir as workdir_lib
 from conftest import ROOT, configured, killed_after_step
 
 TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
@@ -261,10 +262,21 @@ def test_class_models_trained_together_equal_models_trained_one_by_one(tiny_run,
     assert gap < 0.3 * np.abs(np.asarray(images_together[(k + 1) % 10] - images_together[k])).max()
 
 
+def test_params_average_is_the_bias_corrected_moving_average_and_is_what_runs_use():
+  decay, values = 0.9, [3.0, -1.0, 4.0, 2.0]
+  state = state_lib.AveragedTrainState({'w': jnp.float32(0)}, None, None, {'w': jnp.float32(123)})
+  for step, value in enumerate(values):
+    state = state_lib.average_params(state.replace(params={'w': jnp.float32(value)}), step, decay)
+  weights = decay ** np.arange(len(values))[::-1]  # the initial 123 carries no weight
+  assert float(state.ema_params['w']) == pytest.approx(np.dot(weights, values) / weights.sum())
+  assert generator.eval_variables(state)['params'] is state.ema_params
+
+
 @pytest.mark.parametrize('overrides,message', [
     ({'batch_size': 31}, 'batch_size'),
     ({'model.name': 'gan'}, 'unknown generator'),
     ({'loss.beta': -1.0}, 'beta'),
+    ({'ema_decay': 1.0}, 'ema_decay'),
     ({'eval.classifier_workdir': '/nonexistent/run'}, 'no trained classifier'),
     ({'eval.classifier_workdir': ROOT, 'class_specific': False}, 'needs class_specific'),
 ])

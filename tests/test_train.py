@@ -107,6 +107,7 @@ def test_four_devices_train_the_same_model_as_one(finished, tmp_path):
 @pytest.mark.parametrize('overrides, message', [
     ({'model.name': 'transformer'}, 'unknown model'),
     ({'optimizer.learning_rate': -0.1}, 'learning_rate must be positive'),
+    ({'optimizer.b1': 1.0}, r'b1 must be in \[0, 1\)'),
     ({'dataset.name': 'fontz'}, 'unknown dataset'),
     ({'batch_size': 1000}, 'batch_size=1000'),
     ({'variant.name': 'magic'}, 'unknown training variant'),

@@ -13,7 +13,9 @@ updated with the gradient of its own loss):
 with GAN_dec = -log D(dec(z)) (non-saturating) and GAN_disc = -log D(x) - log(1 - D(dec(z))) on
 reconstructions, and with `config.loss.prior_samples` also on decoded prior samples (Larsen et
 al.), each fake term averaged over the fakes. A VAE drops the GAN terms; a DCGAN decodes
-z ~ N(0, I) with the same two GAN losses (weight 1).
+z ~ N(0, I) with the same two GAN losses (weight 1). With `config.ema_decay` > 0 the state also
+keeps a moving average of the params, and everything after training (evaluation, samples,
+latent codes, `restore`) uses it.
 
 On fonts, a finished run also measures quality against the known manifold: the test L1
 reconstruction error and the mean distance (`fonts.project`) of generated samples, real test
@@ -81,6 +83,9 @@ def _validate(config, dataset):
   for name in ('beta', 'gamma'):
     if config.loss[name] < 0:
       raise UserError(f'config.loss.{name} must be non-negative, got {config.loss[name]}')
+  if not 0 <= config.get('ema_decay', 0.0) < 1:
+    raise UserError(f'config.ema_decay must be in [0, 1) (0: no moving average of the params), '
+                    f'got {config.ema_decay}')
   if config.eval.truncation <= 0:
     raise UserError(f'config.eval.truncation must be positive, got {config.eval.truncation}')
   if config.eval.get('classifier_workdir'):
@@ -115,7 +120,7 @@ def build(config, dataset, models=None):
       module, json.dumps(workdir_lib.config_to_dict(config.optimizer), sort_keys=True),
       steps_per_epoch, float(config.loss.beta), float(config.loss.gamma),
       bool(config.loss.get('prior_samples', False)), config.batch_size,
-      tuple(dataset.input_shape))
+      tuple(dataset.input_shape), float(config.get('ema_decay', 0.0)))
   keys = model_keys(config.seed, total)[jnp.asarray(models)]
   models_index = np.asarray(models)
   return Setup(module, init(keys), tx, schedule, multi_step, steps_per_epoch, models, keys,
@@ -124,19 +129,19 @@ def build(config, dataset, models=None):
 
 @functools.lru_cache(maxsize=8)
 def _programs(module, optimizer, steps_per_epoch, beta, gamma, prior_samples, batch_size,
-              input_shape):
+              input_shape, ema_decay):
   """(tx, schedule, jitted init, jitted multi-model step), cached on their static settings so
   that runs with the same config in one process (a resumed run, tests) compile once."""
   tx, schedule = state_lib.optimizer(ml_collections.ConfigDict(json.loads(optimizer)),
                                      steps_per_epoch)
   init = jax.jit(jax.vmap(lambda k: state_lib.create(module, tx, jax.random.fold_in(k, 0),
-                                                     input_shape)))
+                                                     input_shape, average=ema_decay > 0)))
   step_fn = functools.partial(train_step, module=module, tx=tx, beta=beta, gamma=gamma,
                               prior_samples=prior_samples)
   sharding = batch_sharding()
   multi_step = jax.jit(functools.partial(
       _multi_step, step_fn=step_fn, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-      sharding=sharding))
+      sharding=sharding, ema_decay=ema_decay))
   return tx, schedule, init, multi_step
 
 
@@ -216,15 +221,19 @@ def train_step(state, x, key, *, module, tx, beta, gamma, prior_samples=False):
 
 
 def _multi_step(state, order, step, x_all, keys, *, step_fn, batch_size, steps_per_epoch,
-                sharding):
-  """One update of each stacked model on its own batch (rows of `order`)."""
+                sharding, ema_decay):
+  """One update of each stacked model on its own batch (rows of `order`), then of the moving
+  average of their params if one is kept."""
   start = (step % steps_per_epoch) * batch_size
   index = jax.lax.dynamic_slice_in_dim(order, start, batch_size, axis=1)  # (K, B)
   x = x_all[index]
   if sharding is not None:  # on one device the constraint only slows XLA:CPU down (about 10x)
     x = jax.lax.with_sharding_constraint(x, sharding)
   step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-  return jax.vmap(step_fn)(state, x, step_keys)
+  state, metrics = jax.vmap(step_fn)(state, x, step_keys)
+  if ema_decay > 0:
+    state = state_lib.average_params(state, step, ema_decay)
+  return state, metrics
 
 
 _permutation = jax.jit(jax.random.permutation, static_argnums=1)
@@ -251,7 +260,8 @@ def trainer(config, dataset, setup):
 
 
 def eval_variables(state):
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  """The variables to evaluate and use: with the moving average of params if one is kept."""
+  return {'params': state.eval_params, 'batch_stats': state.batch_stats}
 
 
 def reconstruction_errors(module, variables, x, y, batch_size):
