@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from advgen import attacks, models, robustness
+from advgen.train import state as state_lib
 
 EPSILON, STEP_SIZE = 0.3, 0.01
 
@@ -42,8 +43,8 @@ def model_runners(num_models, x, y, steps):
   """Callables attacking `num_models` stacked nets: as scripts/attack.py does, one after another,
   and vmapped."""
   module, _ = _variables(jax.random.key(0))
-  stacked = jax.tree.map(lambda *parts: jax.numpy.stack(parts), *[
-      _variables(k)[1] for k in jax.random.split(jax.random.key(4), num_models)])
+  stacked = state_lib.stack([_variables(k)[1]
+                             for k in jax.random.split(jax.random.key(4), num_models)])
   attack = robustness.build_attack(
       dict(attack='pgd_linf', epsilon=EPSILON, num_steps=steps, step_size=STEP_SIZE), None)
   key = jax.random.key(0)

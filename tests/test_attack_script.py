@@ -10,6 +10,7 @@ import pytest
 from advgen import models, robustness
 from advgen.cli import load_config
 from advgen.errors import UserError
+from advgen.train import state as state_lib
 from conftest import ROOT
 
 
@@ -68,7 +69,7 @@ def test_models_attacked_together_equal_each_attacked_alone():
   alone gives."""
   module = models.classifier('stutz_convnet', 10)
   per_model = [models.init(module, k, (28, 28, 1)) for k in jax.random.split(jax.random.key(0), 2)]
-  stacked = jax.tree.map(lambda *parts: jnp.stack(parts), *per_model)
+  stacked = state_lib.stack(per_model)
   x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
   y = jnp.arange(6) % 10
   attack = robustness.build_attack(

@@ -57,7 +57,7 @@ def over_models(fn):
   def unrolled(*args):
     count = jax.tree.leaves(args)[0].shape[0]
     outs = [fn(*jax.tree.map(lambda a: a[k], args)) for k in range(count)]
-    return jax.tree.map(lambda *parts: jnp.stack(parts), *outs)
+    return state_lib.stack(outs)
 
   return unrolled
 

@@ -88,6 +88,7 @@ def average_params(state, step, decay):
                                                state.ema_params, state.params))
 
 
-def stack(states):
-  """K states into one pytree with a leading model axis, for vmapped training."""
-  return jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *states)
+def stack(trees):
+  """K pytrees of the same structure (states, variables, outputs) into one with a leading model
+  axis."""
+  return jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *trees)
