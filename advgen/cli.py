@@ -1,6 +1,7 @@
-"""Script plumbing: the --config/--workdir flags, one-line errors with exit status 2, and loading
-config files by path."""
+"""Script plumbing: the --config/--workdir flags, one-line errors with exit status 2 (flag and
+config mistakes included), and loading config files by path."""
 
+import difflib
 import importlib.util
 import logging
 import os
@@ -11,6 +12,14 @@ from ml_collections import config_flags
 
 from advgen.errors import UserError
 
+# The fields every config of a script has: they tell a config given to the wrong script.
+SCRIPT_FIELDS = {
+    'scripts/train_classifier.py': ('num_models', 'variant', 'optimizer'),
+    'scripts/train_generator.py': ('loss', 'class_specific', 'optimizer'),
+    'scripts/attack.py': ('attacks', 'num_images'),
+    'scripts/bounds.py': ('classifiers', 'generator', 'modulus'),
+}
+
 
 class _LibraryChatter(logging.Filter):
   """Drops checkpointing libraries' INFO lines so training progress stays readable."""
@@ -19,25 +28,105 @@ class _LibraryChatter(logging.Filter):
     return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
 
 
-def config_and_workdir_flags(config_help, workdir_help):
-  """Defines the required --config (a config file, locked) and --workdir flags of a script."""
+_SCRIPT = {}
+
+
+def config_and_workdir_flags(script, config_help, workdir_help):
+  """Defines the required --config (a config file of `script`, locked) and --workdir flags."""
   config = config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
   workdir = flags.DEFINE_string('workdir', None, workdir_help)
   flags.mark_flags_as_required(['config', 'workdir'])
+  _SCRIPT['name'] = script
   return config, workdir
 
 
+def fail(message):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_arg(argv):
+  return next((a[len('--config='):] for a in argv if a.startswith('--config=')), None)
+
+
+def _config_path(argv):
+  arg = _config_arg(argv)
+  return None if arg is None else arg.split(':')[0]
+
+
+def _field_names(config, prefix=''):
+  for key, value in config.items():
+    yield prefix + key
+    if hasattr(value, 'items'):
+      yield from _field_names(value, f'{prefix}{key}.')
+
+
+def _closest_field(name, argv):
+  """' (did you mean ...?)' for a misspelled config field, from the config file's own fields."""
+  try:
+    fields = list(_field_names(load_config(_config_path(argv))))
+  except Exception:  # the file is broken too; its own error comes first on the next run
+    return ''
+  match = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
+  return f' (did you mean --config.{match[0]}?)' if match else ''
+
+
+def _explain(error, argv):
+  """A one-line message for a flag-parsing failure."""
+  text = str(error)
+  if isinstance(error, flags.UnrecognizedFlagError) and error.flagname.startswith('config.'):
+    name = error.flagname[len('config.'):]
+    return f'config has no field {name!r}{_closest_field(name, argv)}'
+  if isinstance(error, flags.UnrecognizedFlagError):
+    return f'unknown flag --{error.flagname}; the flags are --config and --workdir'
+  if 'must have a value other than None' in text:
+    flag = text.split('--')[1].split('=')[0]
+    return f'--{flag} is required: pass --{flag}=...'
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    return f'config file {path} does not exist; pass --config=configs/NAME.py'
+  if 'Error whilst parsing config file' in text:
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    return f'cannot build the config {_config_arg(argv)}: {last}'
+  return text.splitlines()[0]
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, OSError, ValueError, TypeError) as e:
+    fail(_explain(e, argv))
+
+
+def check_script(config):
+  """Refuses a config written for another script, naming the script it belongs to."""
+  script = _SCRIPT.get('name')
+  if script is None:
+    return
+  missing = [f for f in SCRIPT_FIELDS[script] if f not in config]
+  if not missing:
+    return
+  owner = next((s for s, fields in SCRIPT_FIELDS.items() if all(f in config for f in fields)),
+               None)
+  hint = (f'it is a config of {owner}; run that script or pass a config of {script}' if owner
+          else f'pass a config of {script}')
+  raise UserError(f'--config is not a config of {script} (it has no {", ".join(missing)}); '
+                  f'{hint}')
+
+
 def run(main):
+  """Runs `main` like absl's app.run, turning UserErrors and flag mistakes into one line
+  `error: ...` on stderr and exit status 2."""
   logging.getLogger('absl').addFilter(_LibraryChatter())
 
   def guarded(argv):
     try:
+      check_script(flags.FLAGS.config)
       return main(argv)
     except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      fail(e)
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)
 
 
 def load_config(path, *args):

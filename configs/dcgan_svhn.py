@@ -27,4 +27,5 @@ def get_config(dataset='svhn_cropped'):
   config.log_every = 200
   config.checkpoint_every_epochs = 1
   config.max_checkpoints = 2
+  config.keep_checkpoint_every_epochs = 0
   return config

@@ -17,11 +17,17 @@ def get_config(num_train=None):
   config.model = ml_collections.ConfigDict(dict(name='stutz_convnet', kwargs={}))
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=0.01, b1=0.9, lr_decay=0.95, weight_decay=1e-4))
-  config.variant = ml_collections.ConfigDict(dict(name='normal'))
+  # Training variant (advgen/train/variants.py) and every variant's settings, so that any can be
+  # chosen and tuned from the command line: --config.variant.name=adversarial
+  # --config.variant.epsilon=0.1. Adversarial ones: L-inf PGD with Adam (Stutz et al.);
+  # augmentation: affine parameters up to `radius` around the identity.
+  config.variant = ml_collections.ConfigDict(dict(
+      name='normal', epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1))
   config.batch_size = 100
   config.num_epochs = 20
   config.eval_batch_size = 500
   config.log_every = 100
   config.checkpoint_every_epochs = 1
-  config.max_checkpoints = 2
+  config.max_checkpoints = 2  # the last ones kept
+  config.keep_checkpoint_every_epochs = 0  # also keep every n-th epoch's (0: none)
   return config

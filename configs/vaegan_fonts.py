@@ -49,4 +49,5 @@ def get_config(widths=None):
   config.log_every = 20
   config.checkpoint_every_epochs = 5
   config.max_checkpoints = 2
+  config.keep_checkpoint_every_epochs = 0
   return config

@@ -5,18 +5,19 @@
 
 import json
 
-from advgen import cli, robustness
+from advgen import cli
+from advgen.studies import attack
 
 _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
-    'Attack config file.', 'A workdir of scripts/train_classifier.py.')
+    'scripts/attack.py', 'Attack config file.', 'A workdir of scripts/train_classifier.py.')
 
 
 def main(argv):
   del argv
-  results = robustness.run(_CONFIG.value, _WORKDIR.value)
+  results = attack.run(_CONFIG.value, _WORKDIR.value)
   summary = {name: {k: round(v, 4) for k, v in r['mean'].items()
                     if k in ('success_rate', 'success_rate_any', 'l2_median', 'linf_median')}
-             for name, r in results.items() if isinstance(r, dict)}
+             for name, r in results['attacks'].items()}
   print(json.dumps(summary, indent=1))
 
 

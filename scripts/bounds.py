@@ -8,17 +8,17 @@ again on the same workdir to resume an interrupted training.
 """
 
 from advgen import cli
-from advgen.bounds import experiment
+from advgen.studies import bounds
 
 _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
-    'Bounds config file.', 'Directory for the models, results and figures.')
+    'scripts/bounds.py', 'Bounds config file.', 'Directory for the models, results and figures.')
 
 
 def main(argv):
   del argv
-  results = experiment.run(_CONFIG.value, _WORKDIR.value)
+  results = bounds.run(_CONFIG.value, _WORKDIR.value)
   print(results['table'], end='')
-  print(f'(results in {_WORKDIR.value}/{experiment.RESULTS})')
+  print(f'(results in {_WORKDIR.value}/{bounds.RESULTS})')
 
 
 if __name__ == '__main__':

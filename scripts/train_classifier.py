@@ -9,13 +9,15 @@ from advgen import cli
 from advgen.train import classifier
 
 _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
-    'Experiment config file.', 'Directory for checkpoints, metrics and results.')
+    'scripts/train_classifier.py', 'Experiment config file.',
+    'Directory for checkpoints, metrics and results.')
 
 
 def main(argv):
   del argv
   results = classifier.train(_CONFIG.value, _WORKDIR.value)
-  print(f'test error {results["test_error_mean"]:.4f} (per model: {results["test_error"]})')
+  print(f'test error {results["mean"]["test_error"]:.4f} '
+        f'(per model: {results["per_model"]["test_error"]})')
 
 
 if __name__ == '__main__':

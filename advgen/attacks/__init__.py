@@ -14,11 +14,12 @@ from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fgsm import fgsm
 from advgen.attacks.losses import margin
 from advgen.attacks.pgd import pgd, sweep
-from advgen.attacks.registry import ATTACKS, get
+from advgen.attacks.registry import ATTACKS, LatentSpace, build, true_manifold, validate
 from advgen.attacks.result import AttackResult
 from advgen.attacks.threat import L1Ball, L2Ball, LatentBall, LinfBall, TransformBall
 
 __all__ = [
-    'ATTACKS', 'AttackResult', 'L1Ball', 'L2Ball', 'LatentBall', 'LinfBall', 'TransformBall',
-    'carlini_wagner_l2', 'deepfool', 'fgsm', 'get', 'margin', 'pgd', 'sweep'
+    'ATTACKS', 'AttackResult', 'L1Ball', 'L2Ball', 'LatentBall', 'LatentSpace', 'LinfBall',
+    'TransformBall', 'build', 'carlini_wagner_l2', 'deepfool', 'fgsm', 'margin', 'pgd', 'sweep',
+    'true_manifold', 'validate'
 ]

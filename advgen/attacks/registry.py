@@ -1,10 +1,20 @@
-"""Attacks by name, so that a config string selects one.
+"""The one way to make an attack: from a config entry `{'attack': NAME, **settings}`.
 
-`get(name)(**settings)` returns `attack(logits_fn, x, y, key, ...) -> AttackResult`; `settings`
-are the underlying attack's keyword arguments plus the radius `epsilon` where there is one.
+`build(spec, manifolds)` returns `attack(logits_fn, batch, key) -> AttackResult`, where `batch` is
+a dict of per-example arrays: `image` and `label`, plus the latent codes on-manifold attacks
+perturb (fonts' `font` and `theta`, a generator's `code`). Training variants, the attack
+pipeline and studies all build attacks this way. Settings are the attack function's keyword
+arguments plus the radius `epsilon` where there is one; `step_rule: 'adam'` with `step_size`
+is Stutz et al.'s Adam on the perturbation. `validate(spec)` checks an entry without running it.
 """
 
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Callable
+
 import numpy as np
+import optax
 
 from advgen import transforms
 from advgen.attacks import threat as threats
@@ -15,74 +25,151 @@ from advgen.attacks.pgd import pgd
 from advgen.errors import UserError
 
 
-def _image_ball(ball, engine):
-
-  def builder(epsilon, **settings):
-
-    def attack(logits_fn, x, y, key):
-      return engine(logits_fn, ball(x, epsilon), y, key, **settings)
-
-    return attack
-
-  return builder
+@dataclasses.dataclass(frozen=True)
+class LatentSpace:
+  """A generator an on-manifold attack moves along: `decode(z, batch) -> images` of the codes in
+  `batch[field]`, inside the box (low, high). Make one per model and reuse it (it is static)."""
+  decode: Callable
+  field: str
+  box: Any
 
 
-def on_manifold(epsilon, **settings):
-  """PGD on a latent code: `attack(logits_fn, x, y, key, *, decode_fn, z, box, context=None)`.
+def true_manifold(manifold):
+  """The fonts generator over theta, with each example's font and class fixed (Stutz et al.):
+  every image it shows the classifier is an exact rendering of its (font, class)."""
 
-  The classifier sees decode_fn(z') only; `x` is accepted for a uniform call and unused.
-  """
+  def decode(theta, batch):
+    return manifold.render(batch['font'], batch['label'], theta)
 
-  def attack(logits_fn, x, y, key, *, decode_fn, z, box, context=None):
-    del x
-    return pgd(logits_fn, threats.LatentBall(decode_fn, z, epsilon, box, context), y, key,
-               **settings)
-
-  return attack
+  return LatentSpace(decode, 'theta', np.asarray(manifold.ranges, np.float32))
 
 
-def transform(epsilon, ranges='hard', **settings):
-  """PGD on affine parameters around the identity; `ranges` a transforms.RANGES name or (2, 6)."""
+def _ball(kind):
+  return {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}[kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  engine: Callable
+  threat: Callable = None  # (batch, epsilon, settings, manifolds) -> threat model; None: minimal
+  manifold: str = None  # the entry of `manifolds` the attack needs
+  extra: tuple = ()  # settings the entry consumes itself
+
+
+def _image(kind):
+  return lambda batch, epsilon, settings, manifolds: _ball(kind)(batch['image'], epsilon)
+
+
+def _transform(batch, epsilon, settings, manifolds):
+  ranges = settings.pop('ranges', 'hard')
   if isinstance(ranges, str):
-    if ranges not in transforms.RANGES:
-      raise UserError(f'unknown transformation ranges {ranges!r}; choose one of '
-                      f'{", ".join(transforms.RANGES)}')
     ranges = transforms.RANGES[ranges]
-  ranges = np.asarray(ranges, np.float32)
-
-  def attack(logits_fn, x, y, key):
-    return pgd(logits_fn, threats.TransformBall(x, epsilon, ranges), y, key, **settings)
-
-  return attack
+  return threats.TransformBall(batch['image'], epsilon, np.asarray(ranges, np.float32))
 
 
-def _minimal(engine):
+def _latent(name):
 
-  def builder(**settings):
+  def make(batch, epsilon, settings, manifolds):
+    space = manifolds[name]
+    return threats.LatentBall(space.decode, batch[space.field], epsilon, space.box, batch)
 
-    def attack(logits_fn, x, y, key):
-      del key
-      return engine(logits_fn, x, y, **settings)
-
-    return attack
-
-  return builder
+  return make
 
 
 ATTACKS = {
-    'pgd_linf': _image_ball(threats.LinfBall, pgd),
-    'pgd_l2': _image_ball(threats.L2Ball, pgd),
-    'pgd_l1': _image_ball(threats.L1Ball, pgd),
-    'fgsm': _image_ball(threats.LinfBall, fgsm),
-    'deepfool': _minimal(deepfool),
-    'cw_l2': _minimal(carlini_wagner_l2),
-    'on_manifold': on_manifold,
-    'transform': transform,
+    'pgd_linf': _Entry(pgd, _image('linf')),
+    'pgd_l2': _Entry(pgd, _image('l2')),
+    'pgd_l1': _Entry(pgd, _image('l1')),
+    'fgsm': _Entry(fgsm, _image('linf')),
+    'transform': _Entry(pgd, _transform, extra=('ranges',)),
+    'on_true_manifold': _Entry(pgd, _latent('true'), manifold='true'),
+    'on_learned_manifold': _Entry(pgd, _latent('learned'), manifold='learned'),
+    'deepfool': _Entry(deepfool),
+    'cw_l2': _Entry(carlini_wagner_l2),
 }
 
+# Settings of the engines that the pipeline supplies itself.
+_SUPPLIED = {'logits_fn', 'threat', 'y', 'key', 'x'}
 
-def get(name):
-  """The builder registered as `name`."""
+
+def _allowed(entry):
+  names = [p for p in inspect.signature(entry.engine).parameters if p not in _SUPPLIED]
+  if entry.threat is not None:
+    names.append('epsilon')
+  return names + list(entry.extra)
+
+
+def _closest(name, choices):
+  match = difflib.get_close_matches(name, choices, n=1)
+  return f' (did you mean {match[0]!r}?)' if match else ''
+
+
+def validate(spec, where='attack'):
+  """Checks a config entry (name, setting names, values) before any work; returns the name."""
+  settings = dict(spec)
+  name = settings.pop('attack', None)
   if name not in ATTACKS:
-    raise UserError(f'unknown attack {name!r}; choose one of {", ".join(ATTACKS)}')
-  return ATTACKS[name]
+    raise UserError(f'unknown {where} {name!r}{_closest(str(name), list(ATTACKS))}; choose one '
+                    f'of {", ".join(ATTACKS)}')
+  allowed = _allowed(ATTACKS[name])
+  for key in settings:
+    if key not in allowed:
+      raise UserError(f'{where} {name!r} has no setting {key!r}{_closest(key, allowed)}; its '
+                      f'settings are {", ".join(sorted(allowed))}')
+  entry = ATTACKS[name]
+  if entry.threat is not None and 'epsilon' not in settings:
+    raise UserError(f'{where} {name!r} needs a radius: set its epsilon')
+  for key in ('epsilon', 'step_size', 'lr', 'c_init', 'overshoot'):
+    if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
+      raise UserError(f'{where} {name!r}: {key} must be a positive number, got {settings[key]!r}')
+  for key in ('num_steps', 'restarts', 'max_iter', 'binary_search_steps'):
+    if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
+      raise UserError(f'{where} {name!r}: {key} must be a positive integer, got '
+                      f'{settings[key]!r}')
+  if settings.get('step_rule') == 'adam' and 'step_size' not in settings:
+    raise UserError(f'{where} {name!r}: step_rule adam needs a step_size (its learning rate)')
+  ranges = settings.get('ranges')
+  if isinstance(ranges, str) and ranges not in transforms.RANGES:
+    raise UserError(f'unknown transformation ranges {ranges!r}; choose one of '
+                    f'{", ".join(transforms.RANGES)}')
+  return name
+
+
+def needs_manifold(spec):
+  """The name of the latent space ('true', 'learned') the attack of `spec` needs, or None."""
+  return ATTACKS[dict(spec)['attack']].manifold
+
+
+def build(spec, manifolds=None):
+  """`attack(logits_fn, batch, key) -> AttackResult` for one config entry.
+
+  `manifolds` maps 'true' / 'learned' to the LatentSpace on-manifold attacks move along.
+  """
+  name = validate(spec)
+  entry = ATTACKS[name]
+  settings = dict(spec)
+  del settings['attack']
+  manifolds = manifolds or {}
+  if entry.manifold is not None and entry.manifold not in manifolds:
+    needed = {'true': 'a dataset with a known generator (fonts)',
+              'learned': 'a generator workdir (config.generator_workdir)'}[entry.manifold]
+    raise UserError(f'attack {name!r} needs {needed}')
+  if settings.get('step_rule') == 'adam':
+    settings['step_rule'] = optax.adam(settings.pop('step_size'))
+  epsilon = settings.pop('epsilon', None)
+  make_threat = entry.threat
+  threat_settings = {k: settings.pop(k) for k in entry.extra if k in settings}
+
+  if make_threat is None:
+
+    def attack(logits_fn, batch, key):
+      del key
+      return entry.engine(logits_fn, batch['image'], batch['label'], **settings)
+
+  else:
+
+    def attack(logits_fn, batch, key):
+      threat = make_threat(batch, epsilon, dict(threat_settings), manifolds)
+      return entry.engine(logits_fn, threat, batch['label'], key, **settings)
+
+  return attack

@@ -5,7 +5,7 @@
 Jacobian spectral norms).
 `empirical`: measured robustness of a classifier of generated data: latent r_Z, in-distribution
 r_in and unconstrained r_unc, jit-compiled on top of the attack library.
-`experiment` (the bounds script's logic) and `report` (its table and figures) are imported on use.
+The bounds study (training the models, measuring, the report) is `advgen.studies.bounds`.
 """
 
 from advgen.bounds.empirical import (
@@ -22,6 +22,7 @@ from advgen.bounds.empirical import (
 )
 
 from advgen.bounds.isoperimetric import (
+    bound_curve,
     check_class_probs,
     equiprobable,
     expected_gaussian_norm,
@@ -30,7 +31,6 @@ from advgen.bounds.isoperimetric import (
     isoperimetric_probability,
     isoperimetric_probability_equiprobable,
     isoperimetric_probability_small_classes,
-    plot_figure2,
     robustness_upper_bound,
     robustness_upper_bound_equiprobable,
     robustness_upper_bound_small_classes,

@@ -216,18 +216,13 @@ def figure2_curve(dims, num_classes_list, p=0.5):
           'bound': radius[:, None] / np.sqrt(dims)}
 
 
-def plot_figure2(curves, path):
-  """Writes `figure2_curve`'s output as a log-log PNG at `path` (Agg canvas, no pyplot state)."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  figure = Figure(figsize=(5, 3.5), layout='constrained')
-  FigureCanvasAgg(figure)
-  axes = figure.subplots()
-  for num_classes, bound in zip(curves['num_classes'], curves['bound']):
-    axes.loglog(curves['dims'], bound, label=f'K = {num_classes}')
-  axes.set_xlabel('latent dimension d')
-  axes.set_ylabel(f'bound on {curves["p"]:g}-quantile of r / sqrt(d)')
-  axes.legend()
-  figure.savefig(path, dpi=120)
-  return path
+def bound_curve(class_probs, omega=None, failure_prob=0.0, num=200, top=0.99):
+  """(radii, probability lower bound) of Theorem 1 over latent radii t up to where the bound
+  reaches `top`: (t, B(t)) with omega the identity, else (omega(t), B(t) - failure_prob)."""
+  probs = np.asarray(class_probs, np.float64)
+  last = robustness_upper_bound(top, probs)
+  t = np.linspace(0.0, last if np.isfinite(last) else 10.0, num)
+  probability = isoperimetric_probability(t, probs)
+  if omega is None:
+    return t, probability
+  return np.asarray(omega(t)), np.clip(probability - failure_prob, 0.0, 1.0)

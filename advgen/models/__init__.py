@@ -37,10 +37,14 @@ def _tuples(value):
   return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def classifier(name, num_classes, **kwargs):
-  """The Flax module registered as `name`."""
+def check_classifier_name(name):
   if name not in CLASSIFIERS:
     raise UserError(f'unknown model {name!r}; choose one of {", ".join(CLASSIFIERS)}')
+
+
+def classifier(name, num_classes, **kwargs):
+  """The Flax module registered as `name`."""
+  check_classifier_name(name)
   try:
     return CLASSIFIERS[name](num_classes=num_classes,
                              **{k: _tuples(v) for k, v in kwargs.items()})

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advgen.errors import UserError
+from advgen.models import stacked
 
 
 def _centre(x):
@@ -268,10 +269,14 @@ def _tuples(value):
   return value
 
 
-def create(name, image_shape, **kwargs):
-  """The generator module registered as `name` for images of `image_shape` (H, W, C)."""
+def check_name(name):
   if name not in GENERATORS:
     raise UserError(f'unknown generator {name!r}; choose one of {", ".join(GENERATORS)}')
+
+
+def create(name, image_shape, **kwargs):
+  """The generator module registered as `name` for images of `image_shape` (H, W, C)."""
+  check_name(name)
   try:
     module = GENERATORS[name](tuple(image_shape), **{k: _tuples(v) for k, v in kwargs.items()})
   except TypeError as e:
@@ -282,15 +287,6 @@ def create(name, image_shape, **kwargs):
 
 
 # --- Plain functions over stacked variables (leading model axis K). ---
-
-
-def num_models(variables):
-  return jax.tree.leaves(variables)[0].shape[0]
-
-
-def model_variables(variables, k):
-  """The variables of model `k` out of stacked ones."""
-  return jax.tree.map(lambda v: v[k], variables)
 
 
 def _apply(module, method):
@@ -304,8 +300,8 @@ def _select(outputs, y):
 
 def _per_example(module, variables, method, name):
   apply = _apply(module, method)
-  if num_models(variables) == 1:
-    single = model_variables(variables, 0)
+  if stacked.count(variables) == 1:
+    single = stacked.select(variables, 0)
     return lambda inputs, y=None: apply(single, inputs)
 
   def fn(inputs, y=None):
@@ -335,12 +331,12 @@ def decode_fn(module, variables):
 
 def class_decode_fn(module, variables, k):
   """`z -> x` through the decoder of model `k` alone."""
-  return functools.partial(_apply(module, 'decode'), model_variables(variables, k))
+  return functools.partial(_apply(module, 'decode'), stacked.select(variables, k))
 
 
 def class_encode_fn(module, variables, k):
   """`x -> (mean, log_var)` through the encoder of model `k` alone."""
-  return functools.partial(_apply(module, 'encode'), model_variables(variables, k))
+  return functools.partial(_apply(module, 'encode'), stacked.select(variables, k))
 
 
 def truncated_prior(key, shape, bound=2.0):
@@ -386,7 +382,7 @@ def apply_by_class(module, variables, x, y=None, method='encode', batch_size=500
   Examples are grouped by class on the host so each is processed by its own model only (no K-fold
   work); outputs come back in the order of `x`. `method` is 'encode', 'decode' or 'reconstruct'.
   """
-  k = num_models(variables)
+  k = stacked.count(variables)
   if k > 1 and y is None:
     raise UserError('these generators are class-specific: pass the labels y')
   x = np.asarray(x)

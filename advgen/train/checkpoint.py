@@ -11,11 +11,13 @@ from advgen.errors import UserError
 class Checkpoints:
   """Saves and restores the latest states under `workdir/checkpoints`."""
 
-  def __init__(self, workdir, max_to_keep=2):
+  def __init__(self, workdir, max_to_keep=2, keep_period=None):
+    """Keeps the last `max_to_keep` steps, and every step divisible by `keep_period` if set."""
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period,
+                                             create=True))
 
   def latest_step(self):
     return self._manager.latest_step()

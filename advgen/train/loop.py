@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from advgen import results as results_lib
 from advgen.errors import UserError
 from advgen.train.checkpoint import Checkpoints
 from advgen.train.workdir import MetricWriter
@@ -23,31 +24,24 @@ def _check_finite(metrics, step, checkpoints):
       last = checkpoints.latest_step()
       kept = f'the last good checkpoint (step {last}) stays' if last else 'no checkpoint was saved'
       raise UserError(f'training diverged: {name} is {np.asarray(value).tolist()} at step {step}; '
-                      f'lower config.optimizer.learning_rate and rerun ({kept} in '
-                      f'{checkpoints.directory})')
-
-
-def _summarize(metrics):
-  """Scalars as floats; per-model vectors as their mean plus a `_per_model` list."""
-  out = {}
-  for name, value in metrics.items():
-    value = np.asarray(value, np.float64)
-    out[name] = float(value.mean())
-    if value.size > 1:
-      out[f'{name}_per_model'] = value.tolist()
-  return out
+                      f'rerun with a lower config.optimizer.learning_rate and a new --workdir '
+                      f'({kept} in {checkpoints.directory})')
 
 
 def fit(*, workdir, state, train_step, num_steps, steps_per_epoch, examples_per_step,
-        evaluate=None, log_every=100, checkpoint_every=None, max_to_keep=2, extra_metrics=None):
+        evaluate=None, log_every=100, checkpoint_every=None, max_to_keep=2, keep_period=None,
+        extra_metrics=None):
   """Runs `train_step` from the last checkpoint (or step 0) to `num_steps`; returns the state.
 
   `evaluate(state) -> dict` runs at every epoch end; `extra_metrics(step) -> dict` adds host-side
   values (e.g. the learning rate) to each log line. Checkpoints are saved every
-  `checkpoint_every` steps (default: each epoch) and only from finite states.
+  `checkpoint_every` steps (default: each epoch) and only from finite states; the last
+  `max_to_keep` stay, and with `keep_period` also every step divisible by it (e.g. one per epoch,
+  for studies that evaluate every epoch afterwards). Metrics per model go to metrics.jsonl in the
+  layout of `advgen.results` (`per_model`, `mean`, `std`).
   """
   checkpoint_every = checkpoint_every or steps_per_epoch
-  checkpoints = Checkpoints(workdir, max_to_keep)
+  checkpoints = Checkpoints(workdir, max_to_keep, keep_period)
   writer = MetricWriter(workdir)
   start = checkpoints.latest_step() or 0
   if start:
@@ -65,27 +59,29 @@ def fit(*, workdir, state, train_step, num_steps, steps_per_epoch, examples_per_
       continue
     metrics = jax.device_get(metrics)
     _check_finite(metrics, done, checkpoints)
-    record = {}
+    record, per_model = {}, {}
     if is_log:
       now = time.time()
       steps_per_second = (done - last_step) / max(now - last_time, 1e-9)
       last_time, last_step = now, done
       eta = (num_steps - done) / steps_per_second
-      record.update(_summarize(metrics), steps_per_second=steps_per_second,
+      per_model.update(metrics)
+      record.update(steps_per_second=steps_per_second,
                     examples_per_second=steps_per_second * examples_per_step, eta_seconds=eta)
       if extra_metrics:
         record.update(extra_metrics(done))
       logging.info('step %d/%d (epoch %.2f) loss %.4f, %.1f steps/s, ETA %s', done, num_steps,
-                   done / steps_per_epoch, record.get('loss', math.nan), steps_per_second,
-                   time.strftime('%H:%M:%S', time.gmtime(eta)))
+                   done / steps_per_epoch, float(np.mean(metrics.get('loss', math.nan))),
+                   steps_per_second, time.strftime('%H:%M:%S', time.gmtime(eta)))
     if is_epoch and evaluate is not None:
-      evaluation = _summarize(evaluate(state))
+      evaluation = evaluate(state)
       _check_finite(evaluation, done, checkpoints)
-      record.update(evaluation)
-      logging.info('step %d: %s', done, {k: v for k, v in evaluation.items()
-                                         if not k.endswith('_per_model')})
-    if record:
-      writer.write(done, {'epoch': done / steps_per_epoch, **record})
+      per_model.update(evaluation)
+      logging.info('step %d: %s', done, {k: round(float(np.mean(v)), 4)
+                                         for k, v in evaluation.items()})
+    if record or per_model:
+      writer.write(done, {'epoch': done / steps_per_epoch, **record,
+                          **results_lib.summarize(per_model)})
     if is_checkpoint:
       checkpoints.save(done, state)
       last_time = time.time()  # checkpoint time is not training time

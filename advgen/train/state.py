@@ -86,9 +86,3 @@ def average_params(state, step, decay):
   kept = decay * (1 - decay ** step) / (1 - decay ** (step + 1))
   return state.replace(ema_params=jax.tree.map(lambda a, p: kept * a + (1 - kept) * p,
                                                state.ema_params, state.params))
-
-
-def stack(trees):
-  """K pytrees of the same structure (states, variables, outputs) into one with a leading model
-  axis."""
-  return jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *trees)

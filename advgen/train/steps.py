@@ -1,6 +1,6 @@
-"""Step functions: one update of a classifier on a (possibly transformed) batch, and evaluation.
+"""The classifier's step function: one update on a (possibly transformed) batch dict.
 
-Training variants differ only in `batch_transform(logits_fn, x, y, key) -> (x, y)`, applied to
+Training variants differ only in `batch_transform(logits_fn, batch, key) -> batch`, applied to
 each batch with its own key before the update, so one step and one loop serve them all.
 """
 
@@ -15,11 +15,13 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def train_step(state, x, y, key, *, module, tx, batch_transform):
-  """One optimizer update; returns the new state and scalar metrics."""
+def train_step(state, batch, key, *, module, tx, batch_transform):
+  """One optimizer update on `batch` (image, label, ...); returns the new state and scalar
+  metrics."""
   transform_key, dropout_key = jax.random.split(key)
   attacker_view = models.logits_fn(module, state.variables)
-  x, y = jax.lax.stop_gradient(batch_transform(attacker_view, x, y, transform_key))
+  batch = jax.lax.stop_gradient(batch_transform(attacker_view, batch, transform_key))
+  x, y = batch['image'], batch['label']
 
   def loss_fn(params):
     logits, batch_stats = models.apply_train(module, {**state.variables, 'params': params}, x,

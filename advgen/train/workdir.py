@@ -44,6 +44,19 @@ def stored_config(workdir, kind, script, keys):
   return config
 
 
+def check_writable(workdir):
+  """Refuses a workdir path that is a file, or a directory (or the parent it would be made in)
+  that this user cannot write, before any work."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} is a file, not a directory; pass a directory path')
+  existing = workdir
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  if existing and (not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK)):
+    raise UserError(f'--workdir={workdir} cannot be written ({existing} is not a writable '
+                    'directory); pass a directory you can write')
+
+
 def prepare(workdir, config):
   """Creates `workdir` and records the config; refuses a workdir that holds another config."""
   check_config(workdir, config)
@@ -101,13 +114,12 @@ class MetricWriter:
     self.path = os.path.join(workdir, filename)
 
   def truncate_after(self, step):
-    """Drops lines logged after `step`: a resumed run logs them again from its checkpoint."""
-    if not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    with open(self.path, 'w') as f:
-      f.writelines(kept)
+    """Drops lines logged after `step`, and a half-written last line (what a kill during a write
+    leaves): a resumed run logs them again from its checkpoint."""
+    kept = [json.dumps(r, sort_keys=True) + '\n' for r in self.read() if r['step'] <= step]
+    if os.path.exists(self.path):
+      with open(self.path, 'w') as f:
+        f.writelines(kept)
 
   def write(self, step, metrics):
     record = {'step': int(step), **{k: _to_json(v) for k, v in metrics.items()}}
@@ -117,8 +129,14 @@ class MetricWriter:
   def read(self):
     if not os.path.exists(self.path):
       return []
+    records = []
     with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue  # a line cut short by a kill; its step is logged again on resume
+    return records
 
 
 def _to_json(value):

@@ -11,8 +11,9 @@ resumes there, a finished one is loaded), then on x = g(z), z ~ N(0, I):
 - bounds the p-quantiles: Theorem 1 with omega = identity for r_Z, and omega(.) with the
   modulus' failure probability for r_in and r_unc (r_unc <= r_in <= omega(r_Z));
 
-and writes results.json (every number, per-example estimates included), report.md (the table),
-figures/robustness_cdf.png, figures/figure2.png and figures/examples.png.
+and writes results.json (every number, per-example estimates and the bound curves included),
+then report.md (the table), figures/robustness_cdf.png and figures/figure2.png from it
+(`advgen.report.bounds`), and figures/examples.png.
 """
 
 import functools
@@ -23,35 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from advgen import report as image_report
-from advgen.bounds import empirical, isoperimetric, modulus, report
+from advgen.bounds import empirical, isoperimetric, modulus
 from advgen.errors import UserError
-from advgen.models import generators
-from advgen.train import classifier as classifier_lib
-from advgen.train import generator as generator_lib
+from advgen.models import stacked
+from advgen.report import bounds as report, images as image_report
+from advgen.studies import runs
+from advgen.train import classifier as classifier_lib, generator as generator_lib
 from advgen.train import workdir as workdir_lib
 
 RESULTS = 'results.json'
-TABLE = 'report.md'
-CDF_FIGURE = os.path.join('figures', 'robustness_cdf.png')
-FIGURE2 = os.path.join('figures', 'figure2.png')
+TABLE, CDF_FIGURE, FIGURE2 = report.TABLE, report.CDF_FIGURE, report.FIGURE2
 EXAMPLES = os.path.join('figures', 'examples.png')
 PER_EXAMPLE = ('y', 'r_z', 'r_in', 'r_in_deepfool', 'r_in_search', 'r_unc', 'r_unc_deepfool',
                'r_unc_pgd', 'image_norm')
-
-
-def _train_or_load(train, restore, config, workdir):
-  """Trains in `workdir` unless its results.json exists (then only loads); returns
-  (restored tuple, the run's results)."""
-  path = os.path.join(workdir, RESULTS)
-  if os.path.exists(path):
-    workdir_lib.prepare(workdir, config)  # refuses a workdir trained with another config
-    results = workdir_lib.read_json(path)
-    logging.info('loading the finished run in %s', workdir)
-  else:
-    logging.info('training in %s', workdir)
-    results = train(config, workdir)
-  return restore(workdir), results
 
 
 def _frozen(settings):
@@ -71,7 +56,7 @@ def _estimate_models(classifier_variables, generator_variables, z, key, *, class
     logits_fn = lambda x: classifier.apply(variables, x, train=False)
     return empirical.estimate(logits_fn, decode_fn, z, key, refine_steps=refine, **kwargs)
 
-  return classifier_lib.over_models(one)(classifier_variables)
+  return stacked.over_models(one)(classifier_variables)
 
 
 @functools.partial(jax.jit, static_argnames=('classifier', 'generator', 'num_classes'))
@@ -85,15 +70,25 @@ def _predict_models(classifier_variables, generator_variables, z, *, classifier,
     _, counts, norm_sum = empirical.predicted_classes(logits_fn, decode_fn, z, num_classes)
     return counts, norm_sum
 
-  return classifier_lib.over_models(one)(classifier_variables)
+  return stacked.over_models(one)(classifier_variables)
 
 
-def _validate(config):
+def validate(config):
+  """Every check of a bounds config, its generator's and classifiers' included, before any
+  work or any file is written."""
   if not 0 < config.p < 1:
     raise UserError(f'config.p must be in (0, 1), got {config.p}')
-  for field in ('num_samples', 'num_prob_samples', 'batch_size'):
-    if config[field] < 1:
-      raise UserError(f'config.{field} must be positive, got {config[field]}')
+  for field in ('num_samples', 'num_prob_samples', 'batch_size', 'refine_steps'):
+    if not isinstance(config[field], int) or config[field] < 1:
+      raise UserError(f'config.{field} must be a positive integer, got {config[field]!r}')
+  if not 0 < config.modulus.quantile <= 1:
+    raise UserError(f'config.modulus.quantile must be in (0, 1], got {config.modulus.quantile}')
+  if not config.modulus.radii or min(config.modulus.radii) <= 0:
+    raise UserError(f'config.modulus.radii must be positive, got {list(config.modulus.radii)}')
+  for field in ('num_points', 'num_directions'):
+    if not isinstance(config.modulus[field], int) or config.modulus[field] < 1:
+      raise UserError(f'config.modulus.{field} must be a positive integer, got '
+                      f'{config.modulus[field]!r}')
   if config.num_samples % config.batch_size or config.num_prob_samples % config.batch_size:
     raise UserError(f'config.num_samples={config.num_samples} and config.num_prob_samples='
                     f'{config.num_prob_samples} must be multiples of config.batch_size='
@@ -103,6 +98,9 @@ def _validate(config):
   if config.generator.class_specific:
     raise UserError('the bounds need one generator with a Gaussian prior over all classes; set '
                     'config.generator.class_specific=False')
+  generator_lib.validate(config.generator)
+  for name in config.classifiers:
+    classifier_lib.validate(config.classifiers[name])
 
 
 def _row_stats(values, p, scale, bound):
@@ -129,6 +127,12 @@ def _summarize(estimates, test_error, probs, p, norms, omega, failure_prob, work
     q = empirical.quantile(estimates[field], p)
     entry['parts'][field] = {'quantile': q, 'normalized': q / norms['expected_image_norm']}
   entry['fraction_unc_le_in'] = float(np.mean(estimates['r_unc'] <= estimates['r_in']))
+  entry['bound_curve'] = {}
+  for key, _, _, norm in report.ROWS:
+    radius, probability = isoperimetric.bound_curve(
+        probs, None if key == 'latent' else omega, 0.0 if key == 'latent' else failure_prob)
+    entry['bound_curve'][key] = {'radius': (radius / norms[norm]).tolist(),
+                                 'probability': probability.tolist()}
   entry['per_example'] = {k: np.asarray(estimates[k]).tolist() for k in PER_EXAMPLE}
   return entry
 
@@ -139,12 +143,12 @@ def run(config, workdir):
   if os.path.exists(results_path):
     raise UserError(f'{results_path} already exists; use a new --workdir or delete the file to '
                     'redo the measurements (trained models in the workdir are reused)')
-  _validate(config)
+  validate(config)
+  workdir_lib.check_writable(workdir)
   workdir_lib.prepare(workdir, config)
-  (_, gen_dataset, gen_module, gen_variables), gen_results = _train_or_load(
-      generator_lib.train, generator_lib.restore, config.generator,
-      os.path.join(workdir, 'generator'))
-  gen_variables = generators.model_variables(gen_variables, 0)
+  _, gen_dataset, gen_module, gen_variables, gen_results = runs.train_or_load(
+      'generator', config.generator, os.path.join(workdir, 'generator'))
+  gen_variables = stacked.select(gen_variables, 0)
   latent_dim = gen_module.latent_dim
   decode_fn = jax.jit(lambda v: gen_module.apply(gen_variables, v, method='decode'))
 
@@ -171,9 +175,8 @@ def run(config, workdir):
   image_norms, examples, collected = [], {}, {}
   for name in sorted(config.classifiers):
     subdir = os.path.join('classifiers', name)
-    (_, dataset, module, variables), cls_results = _train_or_load(
-        classifier_lib.train, classifier_lib.restore, config.classifiers[name],
-        os.path.join(workdir, subdir))
+    _, dataset, module, variables, cls_results = runs.train_or_load(
+        'classifier', config.classifiers[name], os.path.join(workdir, subdir))
     if tuple(dataset.input_shape) != tuple(gen_dataset.input_shape):
       raise UserError(f'classifier {name!r} takes inputs of shape {dataset.input_shape} but the '
                       f'generator makes {gen_dataset.input_shape}; train both on one dataset')
@@ -193,7 +196,8 @@ def run(config, workdir):
     for k in range(num_models):
       label = name if num_models == 1 else f'{name}_{k}'
       estimates = {f: np.asarray(getattr(per_model, f)[k]) for f in PER_EXAMPLE}
-      collected[label] = (estimates, cls_results['test_error'][k], counts[k] / counts[k].sum(),
+      collected[label] = (estimates, cls_results['per_model']['test_error'][k],
+                          counts[k] / counts[k].sum(),
                           subdir)
   results['expected_image_norm'] = float(np.mean(np.concatenate(image_norms)))
   norms = {'expected_latent_norm': results['expected_latent_norm'],
@@ -208,11 +212,8 @@ def run(config, workdir):
                                        list(config.figure2.num_classes), config.figure2.p)
   results['figure2'] = {k: np.asarray(v).tolist() for k, v in curves.items()}
   results['table'] = report.table_markdown(results)
-  report.plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
-  isoperimetric.plot_figure2(curves, os.path.join(workdir, FIGURE2))
+  report.write(results, workdir)
   _examples_figure(decode_fn, z, examples, os.path.join(workdir, EXAMPLES))
-  with open(os.path.join(workdir, TABLE), 'w') as f:
-    f.write(results['table'])
   workdir_lib.write_results(results_path, results)  # last: it marks the run finished
   return results
 

@@ -13,6 +13,10 @@ import numpy as np
 from advgen.bounds import isoperimetric
 from advgen.bounds.modulus import Empirical
 
+TABLE = 'report.md'
+CDF_FIGURE = os.path.join('figures', 'robustness_cdf.png')
+FIGURE2 = os.path.join('figures', 'figure2.png')
+
 # (key in the results, table label, per-example field, normalized by)
 ROWS = (
     ('latent', 'Robustness in Z (r_Z / E‖z‖)', 'r_z', 'expected_latent_norm'),
@@ -47,27 +51,6 @@ def table_markdown(results):
   return '\n'.join(lines) + '\n'
 
 
-def bound_curve(results, name, key, num=200, top=0.99):
-  """(normalized radii, probability lower bound) of Theorem 1 for classifier `name` and row `key`,
-  over latent radii t up to where the bound reaches `top`.
-
-  Latent: (t / E||z||, B(t)); image rows: (omega(t) / E||g(z)||, B(t) - failure_prob), with the
-  estimated modulus and its failure probability.
-  """
-  entry = results['classifiers'][name]
-  probs = np.asarray(entry['class_probs'], np.float64)
-  last = isoperimetric.robustness_upper_bound(top, probs)
-  t = np.linspace(0.0, last if np.isfinite(last) else 10.0, num)
-  probability = isoperimetric.isoperimetric_probability(t, probs)
-  if key == 'latent':
-    return t / results['expected_latent_norm'], probability
-  modulus = results['modulus']
-  omega = Empirical(modulus['radii'], np.asarray(modulus['radii']) *
-                    np.asarray(modulus['ratio_quantile']))
-  return (omega(t) / results['expected_image_norm'],
-          np.clip(probability - modulus['failure_prob'], 0.0, 1.0))
-
-
 def plot_cdfs(results, path):
   """Empirical CDFs of normalized r_Z, r_in and r_unc per classifier, with the bound's curves
   (dashed, one per classifier) and the level p; a PNG at `path` (Agg canvas, no pyplot state)."""
@@ -86,8 +69,8 @@ def plot_cdfs(results, path):
       finite = values[np.isfinite(values)]
       fraction = np.arange(1, finite.size + 1) / values.size
       ax.step(finite, fraction, where='post', color=color, label=f'{name}')
-      radii, probability = bound_curve(results, name, key)
-      ax.plot(radii, probability, '--', color=color, label=f'bound ({name})')
+      curve = entry['bound_curve'][key]
+      ax.plot(curve['radius'], curve['probability'], '--', color=color, label=f'bound ({name})')
       bound = entry['bound'][key]['normalized']
       right = max(right, np.quantile(finite, 0.98) if finite.size else 0.0,
                   2 * bound if np.isfinite(bound) else 0.0)
@@ -102,3 +85,30 @@ def plot_cdfs(results, path):
   figure.savefig(path, dpi=110)
   return path
 
+
+
+def plot_figure2(curves, path):
+  """Fawzi et al.'s Figure 2 from stored curves ({'dims', 'num_classes', 'bound', 'p'}) as a
+  log-log PNG at `path` (Agg canvas, no pyplot state)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(5, 3.5), layout='constrained')
+  FigureCanvasAgg(figure)
+  axes = figure.subplots()
+  for num_classes, bound in zip(curves['num_classes'], curves['bound']):
+    axes.loglog(curves['dims'], bound, label=f'K = {num_classes}')
+  axes.set_xlabel('latent dimension d')
+  axes.set_ylabel(f'bound on {curves["p"]:g}-quantile of r / sqrt(d)')
+  axes.legend()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path, dpi=120)
+  return path
+
+
+def write(results, workdir):
+  """report.md and the figures of a bounds study into `workdir`, from its results alone."""
+  with open(os.path.join(workdir, TABLE), 'w') as f:
+    f.write(table_markdown(results))
+  plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
+  plot_figure2(results['figure2'], os.path.join(workdir, FIGURE2))

@@ -1,4 +1,4 @@
-"""Figures written into a workdir: image grids like the papers' figures."""
+"""Image figures: rows of images with titles (matplotlib) and plain PNG grids (PIL)."""
 
 import os
 
@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def signed_difference(a, b):
@@ -35,4 +36,19 @@ def image_rows(rows, row_titles, path, column_titles=None):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return path
+
+
+def save_grid(path, rows, scale=2):
+  """Writes images (R, C, H, W, ch) in [0, 1] as one PNG grid with a 1-pixel separator."""
+  rows = np.asarray(rows)
+  r, c, h, w, ch = rows.shape
+  canvas = np.full((r * (h + 1) + 1, c * (w + 1) + 1, ch), 0.5, np.float32)
+  for i in range(r):
+    for j in range(c):
+      canvas[1 + i * (h + 1):1 + i * (h + 1) + h, 1 + j * (w + 1):1 + j * (w + 1) + w] = rows[i, j]
+  canvas = np.uint8(np.round(np.clip(canvas, 0, 1) * 255))
+  image = Image.fromarray(canvas[..., 0] if ch == 1 else canvas)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
   return path

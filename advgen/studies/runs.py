@@ -1,0 +1,90 @@
+"""Training runs a study needs, and loading what they trained: the one place that reads other
+runs' workdirs (their config.json, checkpoints and result files)."""
+
+import os
+
+import numpy as np
+from absl import logging
+
+from advgen import data
+from advgen.errors import UserError
+from advgen.train import classifier, generator, trainer, workdir as workdir_lib
+
+LATENTS = generator.LATENTS
+KINDS = {
+    # kind: (train, build, script, config fields every run of that script records)
+    'classifier': (classifier.train, classifier.build, 'scripts/train_classifier.py',
+                   ('num_models', 'variant')),
+    'generator': (generator.train, generator.build, 'scripts/train_generator.py',
+                  ('loss', 'class_specific')),
+}
+
+
+def load(kind, workdir, step=None):
+  """(config, dataset, module, stacked variables) of the `kind` models trained in `workdir`,
+  at checkpoint `step` (default: the latest).
+
+  Classifiers are config.num_models seeds; generators K = num_classes class models for
+  class-specific ones, 1 for a class-agnostic one (with their moving average of params if kept).
+  """
+  _, build, script, keys = KINDS[kind]
+  config = workdir_lib.stored_config(workdir, kind, script, keys)
+  dataset = data.load(config.dataset)
+  setup = build(config, dataset)
+  state = trainer.restore_state(workdir, setup, step)
+  variables = generator.eval_variables(state) if kind == 'generator' else state.variables
+  return config, dataset, setup.module, variables
+
+
+def load_classifiers(workdir, step=None):
+  return load('classifier', workdir, step)
+
+
+def load_generators(workdir, step=None):
+  return load('generator', workdir, step)
+
+
+def load_latents(workdir):
+  """The arrays of `latents.npz` written by a finished generator run (z_train, y_train, ...)."""
+  path = os.path.join(workdir, LATENTS)
+  if not os.path.exists(path):
+    raise UserError(f'{path} does not exist; finish training a generator with an encoder in '
+                    f'{workdir} first')
+  with np.load(path) as f:
+    return dict(f)
+
+
+def judges(workdir, dataset_name):
+  """(module, stacked variables) of the classifiers in `workdir` for the GAN-test accuracy of
+  generators of `dataset_name`."""
+  config, _, module, variables = load_classifiers(workdir)
+  if config.dataset.name != dataset_name:
+    raise UserError(f'config.eval.classifier_workdir={workdir} holds classifiers of '
+                    f'{config.dataset.name!r}, not of {dataset_name!r}; pass a workdir trained on '
+                    'the same dataset')
+  return module, variables
+
+
+def train_generator(config, workdir):
+  """Trains generators in `workdir`, scoring them against config.eval.classifier_workdir's
+  classifiers if set; returns the results dict."""
+  trainer.begin(config, workdir)
+  generator.validate(config)
+  classifier_workdir = config.eval.get('classifier_workdir')
+  scorers = judges(classifier_workdir, config.dataset.name) if classifier_workdir else None
+  return generator.train(config, workdir, scorers)
+
+
+def train_or_load(kind, config, workdir):
+  """Trains `kind` models in `workdir` unless its results.json exists (then only loads); returns
+  (config, dataset, module, variables, results)."""
+  train = KINDS[kind][0] if kind == 'classifier' else train_generator
+  path = os.path.join(workdir, trainer.RESULTS)
+  if os.path.exists(path):
+    workdir_lib.prepare(workdir, config)  # refuses a workdir trained with another config
+    results = workdir_lib.read_json(path)
+    logging.info('loading the finished run in %s', workdir)
+  else:
+    logging.info('training in %s', workdir)
+    results = train(config, workdir)
+  return (*load(kind, workdir), results)
