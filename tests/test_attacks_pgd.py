@@ -8,6 +8,7 @@ import pytest
 
 from advgen import attacks, evaluate
 from advgen.attacks import losses
+from advgen.attacks.pgd import chunked
 from advgen.errors import UserError
 
 SHAPE = (6, 8, 8, 1)
@@ -86,10 +87,9 @@ def test_linear_closed_form_of_the_optimal_step(norm):
   np.testing.assert_allclose(drop, expected, rtol=1e-4)
   np.testing.assert_allclose(one_step.distance, _EPSILON[norm], rtol=1e-5)
 
-  attack = attacks.get(f'pgd_{norm}')(epsilon=_EPSILON[norm], num_steps=3,
-                                      step_size=_EPSILON[norm] / 3, random_start=False,
-                                      early_stop=False)
-  res = attack(binary, x, y, jax.random.key(0))
+  attack = attacks.build(dict(attack=f'pgd_{norm}', epsilon=_EPSILON[norm], num_steps=3,
+                              step_size=_EPSILON[norm] / 3, random_start=False, early_stop=False))
+  res = attack(binary, {'image': x, 'label': y}, jax.random.key(0))
   drop, _ = _margin_drop(x, res.x_adv)
   np.testing.assert_allclose(drop, expected, rtol=1e-4)
 
@@ -123,9 +123,9 @@ def test_constant_classifier_is_never_fooled():
 def test_targeted_attack_reaches_the_target_and_restarts_report_each_run():
   x = jax.random.uniform(_KEYS[3], SHAPE)
   target = (jnp.argmax(blocks(x), -1) + 1) % 10
-  attack = attacks.get('pgd_linf')(epsilon=0.6, num_steps=10, step_size=0.1, targeted=True,
-                                   restarts=3)
-  res = attack(blocks, x, target, jax.random.key(0))
+  attack = attacks.build(dict(attack='pgd_linf', epsilon=0.6, num_steps=10, step_size=0.1,
+                              targeted=True, restarts=3))
+  res = attack(blocks, {'image': x, 'label': target}, jax.random.key(0))
   np.testing.assert_array_equal(jnp.argmax(res.logits, -1), target)
   np.testing.assert_array_equal(jnp.argmax(blocks(res.x_adv), -1), target)
   assert res.restart_success.shape == (SHAPE[0], 3)
@@ -184,11 +184,11 @@ def test_sweep_runs_every_radius_in_one_program():
 
 def test_registry_names_and_errors():
   assert set(attacks.ATTACKS) >= {'pgd_linf', 'pgd_l2', 'pgd_l1', 'fgsm', 'deepfool', 'cw_l2',
-                                  'on_manifold', 'transform'}
+                                  'on_true_manifold', 'on_learned_manifold', 'transform'}
   with pytest.raises(UserError, match='pgd_linf'):
-    attacks.get('pgd')
+    attacks.build(dict(attack='pgd', epsilon=0.1))
   with pytest.raises(UserError):
-    attacks.get('transform')(epsilon=0.1, ranges='impossible')
+    attacks.build(dict(attack='transform', epsilon=0.1, ranges='impossible'))
   x = jnp.zeros(SHAPE)
   with pytest.raises(UserError):
     attacks.pgd(mlp, attacks.LinfBall(x, 0.1), jnp.zeros(6, jnp.int32), jax.random.key(0),
@@ -203,3 +203,104 @@ def test_margin_masks_the_true_class():
   np.testing.assert_allclose(grad, [[1.0, 0.0, -1.0]])
   clamped = losses.objective(logits[:2], y[:2], loss='margin', targeted=False, kappa=0.5)
   np.testing.assert_allclose(clamped, [-1.0, 0.0])
+
+
+def _assert_same_result(a, b, exact=True):
+  for field in ('x_adv', 'v', 'success', 'distance', 'linf', 'loss', 'logits', 'restart_success'):
+    if exact:
+      np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    else:
+      np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-5,
+                                 err_msg=field)
+
+
+def test_early_exit_gives_the_result_of_every_step_and_stops_when_all_succeeded():
+  x = interior(_KEYS[3], (12, 8, 8, 1))
+  y = jnp.argmax(binary(x), -1)
+  w = np.asarray(_W_BINARY[:, 0] - _W_BINARY[:, 1])
+  minimal = np.abs(np.asarray(losses.margin(binary(x), y))) / np.abs(w).sum()
+  step, num_steps = 0.005, 50
+  # Examples 0 and 1 pushed 0.45 towards their own class: out of reach, and 50 steps of 0.005
+  # never reach the ball's edge, so their last iterate (the highest loss) is the one kept.
+  away = jnp.where(y[:2, None] == 0, 1.0, -1.0) * jnp.sign(jnp.asarray(w))[None]
+  mixed = x.at[:2].set(jnp.clip(x[:2] + 0.45 * away.reshape(2, 8, 8, 1), 0.0, 1.0))
+  settings = dict(num_steps=num_steps, step_size=step, restarts=4, loss='margin')  # CE is 0 there
+  for images, never in ((mixed, 2), (x, 0)):  # restarts succeed at different steps
+    masked = attacks.pgd(binary, attacks.LinfBall(images, 0.3), y, jax.random.key(5),
+                         early_exit=False, **settings)
+    early = attacks.pgd(binary, attacks.LinfBall(images, 0.3), y, jax.random.key(5), **settings)
+    _assert_same_result(early, masked)
+    restarts = np.asarray(masked.restart_success)
+    assert restarts[never:].all() and not restarts[:never].any()
+  # Deterministic starts: example b first succeeds after k_b = ceil(minimal_b / step) steps, so
+  # the loop evaluates the classifier max(k) + 1 times and stops; the masked path num_steps + 1.
+  calls = []
+
+  def counting(images):
+    jax.debug.callback(lambda: calls.append(None))
+    return binary(images)
+
+  last = int(np.ceil(minimal.max() / step))
+  assert last + 1 < num_steps
+  for early_exit, expected in ((True, last + 1), (False, num_steps + 1)):
+    calls.clear()
+    res = attacks.pgd(counting, attacks.LinfBall(x, 0.3), y, jax.random.key(0),
+                      num_steps=num_steps, step_size=step, random_start=False,
+                      early_exit=early_exit, chunk_size=0)
+    jax.block_until_ready(res)
+    assert np.all(res.success) and len(calls) == expected
+  before = attacks.pgd._cache_size()  # a new batch: no retrace, and it exits at its own step
+  calls.clear()
+  jax.block_until_ready(attacks.pgd(counting, attacks.LinfBall(x, 0.3), 1 - y, jax.random.key(1),
+                                    num_steps=num_steps, step_size=step, random_start=False,
+                                    early_exit=True, chunk_size=0))
+  assert attacks.pgd._cache_size() == before and len(calls) == 1  # 1 - y: all wrong at the start
+
+
+def test_early_exit_inside_vmap_and_sweep_matches_every_step():
+  """vmap turns the loop's exit test into 'every lane done'; finished lanes must not move."""
+  x = interior(_KEYS[3])
+  y = jnp.argmax(binary(x), -1)
+  settings = dict(num_steps=60, step_size=0.005, restarts=2)
+  epsilons = [0.0, 0.02, 0.3]
+  early = attacks.sweep(attacks.pgd, binary, attacks.LinfBall(x, 0.0), y, jax.random.key(0),
+                        epsilons, **settings)
+  masked = attacks.sweep(attacks.pgd, binary, attacks.LinfBall(x, 0.0), y, jax.random.key(0),
+                         epsilons, early_exit=False, **settings)
+  _assert_same_result(early, masked)
+  assert np.asarray(early.success)[-1].all() and not np.asarray(early.success)[0].any()
+
+
+def _conv_net(x):
+  """A tiny conv net: its gradients go through the canonical-convolution rewrite in chunks."""
+  h = jax.lax.conv_general_dilated(x, _CONV, (2, 2), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jnp.tanh(h).reshape(x.shape[0], -1) @ _CONV_DENSE
+
+
+_CONV = jax.random.normal(jax.random.key(7), (3, 3, 1, 4)) / 3
+_CONV_DENSE = jax.random.normal(jax.random.key(8), (64, 10)) / 8
+
+
+@pytest.mark.parametrize('model', [mlp, _conv_net])
+def test_chunks_change_no_result(model):
+  """5 examples x 3 restarts = 15 images in chunks of 4: 4 chunks of 4, one padded image."""
+  x = jax.random.uniform(_KEYS[3], (5, 8, 8, 1))
+  y = jnp.argmax(model(x), -1)
+  settings = dict(num_steps=8, step_rule=optax.adam(0.02), restarts=3, early_stop=False)
+  whole = attacks.pgd(model, attacks.LinfBall(x, 0.1), y, jax.random.key(0), chunk_size=0,
+                      **settings)
+  in_chunks = attacks.pgd(model, attacks.LinfBall(x, 0.1), y, jax.random.key(0), chunk_size=4,
+                        **settings)
+  _assert_same_result(in_chunks, whole, exact=False)
+  assert np.asarray(whole.loss).std() > 0.1  # the examples differ, so a mix-up would show
+
+
+def test_chunked_maps_any_leading_length():
+  fn = lambda a, b: (a * 2.0 + b[:, None], jnp.cumsum(a, axis=1))  # per row
+  for n in (1, 5, 6, 7, 17):
+    a = jnp.arange(n * 3, dtype=jnp.float32).reshape(n, 3)
+    b = jnp.arange(n, dtype=jnp.float32)
+    for size in (0, 2, 4):
+      for got, want in zip(chunked(fn, size, a, b), fn(a, b)):
+        np.testing.assert_array_equal(got, want)
