@@ -61,30 +61,37 @@ def _field_names(config, prefix=''):
       yield from _field_names(value, f'{prefix}{key}.')
 
 
-def _closest_field(name, argv):
-  """' (did you mean ...?)' for a misspelled config field, from the config file's own fields."""
+def _unknown_field(argv):
+  """'config has no field ...' for the first `--config.NAME=` override that names no field of
+  the config file, with the closest field; None if every override names one."""
   try:
     fields = list(_field_names(load_config(_config_path(argv))))
-  except Exception:  # the file is broken too; its own error comes first on the next run
-    return ''
-  match = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
-  return f' (did you mean --config.{match[0]}?)' if match else ''
+  except Exception:  # the file itself is broken: that is the error to report
+    return None
+  for arg in argv:
+    if arg.startswith('--config.'):
+      name = arg[len('--config.'):].split('=')[0]
+      if name not in fields:
+        match = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
+        hint = f' (did you mean --config.{match[0]}?)' if match else ''
+        return f'config has no field {name!r}{hint}'
+  return None
 
 
 def _explain(error, argv):
   """A one-line message for a flag-parsing failure."""
   text = str(error)
-  if isinstance(error, flags.UnrecognizedFlagError) and error.flagname.startswith('config.'):
-    name = error.flagname[len('config.'):]
-    return f'config has no field {name!r}{_closest_field(name, argv)}'
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    return f'config file {path} does not exist; pass --config=configs/NAME.py'
+  unknown = _unknown_field(argv) if path is not None else None
+  if unknown:
+    return unknown
   if isinstance(error, flags.UnrecognizedFlagError):
     return f'unknown flag --{error.flagname}; the flags are --config and --workdir'
   if 'must have a value other than None' in text:
     flag = text.split('--')[1].split('=')[0]
     return f'--{flag} is required: pass --{flag}=...'
-  path = _config_path(argv)
-  if path is not None and not os.path.isfile(path):
-    return f'config file {path} does not exist; pass --config=configs/NAME.py'
   if 'Error whilst parsing config file' in text:
     last = [line for line in text.splitlines() if line.strip()][-1].strip()
     return f'cannot build the config {_config_arg(argv)}: {last}'
@@ -93,8 +100,13 @@ def _explain(error, argv):
 
 def _parse_flags(argv):
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, OSError, ValueError, TypeError) as e:
+    path = _config_path(argv)
+    if path is not None and not os.path.isfile(path):
+      raise FileNotFoundError(path)
+    args = flags.FLAGS(argv)
+    flags.FLAGS.config.keys()  # a config that failed to load raises only when it is used
+    return args
+  except Exception as e:  # flag values raise many types (AttributeError for a missing field)
     fail(_explain(e, argv))
 
 

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from advgen import cli, data
 from advgen.errors import UserError
-from advgen.train import generator
+from advgen.train import generator, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/vaegan_fonts.py',
                                           'Generator config file.', lock_config=True)
@@ -30,7 +30,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timings alternate between the var
 def _time_steps(config, dataset, models, num_steps):
   """Seconds for `num_steps` steps of the stacked `models`, after a warm-up step."""
   setup = generator.build(config, dataset, models)
-  step = generator.trainer(config, dataset, setup)
+  step = trainer.train_step(setup, trainer.batch_dict(dataset, 'train'))
   state, _ = step(setup.state, 0)
   jax.block_until_ready(state)
   start = time.perf_counter()

@@ -13,7 +13,7 @@ from absl import app, flags
 
 from advgen import data
 from advgen.cli import load_config
-from advgen.train import classifier
+from advgen.train import classifier, devices, trainer
 
 _NUM_MODELS = flags.DEFINE_integer('num_models', 5, 'K: models trained together.')
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps per measurement.')
@@ -22,9 +22,9 @@ _CONFIG = flags.DEFINE_string('config', 'configs/fonts.py', 'Classifier config t
 
 def images_per_second(config, dataset, steps):
   """Images/s of `steps` updates of config.num_models stacked models (after compilation)."""
-  module, state, tx, _, steps_per_epoch = classifier.build(config, dataset)
-  train_step = classifier.make_train_step(config, dataset, module, tx, steps_per_epoch)
-  state = classifier.replicate(state)
+  setup = classifier.build(config, dataset)
+  train_step = trainer.train_step(setup, trainer.batch_dict(dataset, 'train'))
+  state = devices.replicate(setup.state)
   state, _ = train_step(state, 0)  # compile
   jax.block_until_ready(state)
   start = time.perf_counter()

@@ -5,12 +5,14 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from advgen import models, robustness
+from advgen import attacks, evaluate, models
 from advgen.cli import load_config
 from advgen.errors import UserError
-from advgen.train import state as state_lib
+from advgen.models import stacked
+from advgen.studies import attack as attack_study, runs
 from conftest import ROOT
 
 
@@ -19,39 +21,69 @@ def attacked(trained_tiny, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('attacked') / 'run')
   shutil.copytree(trained_tiny[0], workdir)
   config = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
-  return workdir, config, robustness.run(config, workdir)
+  return workdir, config, attack_study.run(config, workdir)
 
 
 def test_every_configured_attack_is_reported_for_every_model(attacked):
   workdir, config, results = attacked
-  stored = json.load(open(os.path.join(workdir, robustness.RESULTS)))
+  stored = json.load(open(os.path.join(workdir, attack_study.RESULTS)))
   assert json.dumps(stored, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN-safe
   assert results['num_images'] == config.num_images and results['num_models'] == 2
   for name in config.attacks:
-    per_model = results[name]['per_model']
-    assert len(per_model) == 2
-    for summary in per_model:
-      assert 0 <= summary['success_rate'] <= summary['success_rate_any'] <= 1
-      assert summary['num_attacked'] == pytest.approx(config.num_images *
-                                                      (1 - summary['test_error']))
-    assert [t['target'] for t in results[name]['transfer']] == [1, 0]
-  assert os.path.getsize(os.path.join(workdir, robustness.FIGURE)) > 0
+    entry = results['attacks'][name]
+    per_model = entry['per_model']
+    assert len(per_model['success_rate']) == 2
+    for rate, any_rate, attacked, error in zip(per_model['success_rate'],
+                                               per_model['success_rate_any'],
+                                               per_model['num_attacked'], per_model['test_error']):
+      assert 0 <= rate <= any_rate <= 1
+      assert attacked == pytest.approx(config.num_images * (1 - error))
+    assert entry['mean']['success_rate'] == pytest.approx(np.mean(per_model['success_rate']))
+    assert [t['target'] for t in entry['transfer']] == [1, 0]
+  assert os.path.getsize(os.path.join(workdir, attack_study.FIGURE)) > 0
 
 
 def test_image_space_attack_respects_its_radius(attacked):
   _, config, results = attacked
   epsilon = config.attacks.pgd_linf.epsilon
-  for summary in results['pgd_linf']['per_model']:
-    if summary['success_rate_any'] > 0:
-      assert summary['linf_mean'] <= epsilon + 1e-5
+  per_model = results['attacks']['pgd_linf']['per_model']
+  for any_rate, linf in zip(per_model['success_rate_any'], per_model['linf_mean']):
+    if any_rate > 0:
+      assert linf <= epsilon + 1e-5
+
+
+def test_script_numbers_are_the_librarys_on_the_same_inputs(attacked):
+  """Model 1's pgd_linf numbers recomputed with attacks.pgd batch by batch, with the keys the
+  script documents (seed, then the attack's index in sorted order, then the batch start)."""
+  workdir, config, results = attacked
+  _, dataset, module, variables = runs.load_classifiers(workdir)
+  spec = dict(config.attacks.pgd_linf)
+  index = sorted(config.attacks).index('pgd_linf')
+  logits_fn = jax.jit(models.logits_fn(module, stacked.select(variables, 1)))
+  step_rule = optax.adam(spec['step_size'])
+  parts = []
+  for start in range(0, config.num_images, config.batch_size):
+    x = dataset.x_test[start:start + config.batch_size]
+    y = dataset.y_test[start:start + config.batch_size]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), index), start)
+    parts.append(jax.device_get(attacks.pgd(
+        logits_fn, attacks.LinfBall(x, spec['epsilon']), y, key, num_steps=spec['num_steps'],
+        restarts=spec['restarts'], step_rule=step_rule, early_stop=spec['early_stop'])))
+  result = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+  x, y = dataset.x_test[:config.num_images], dataset.y_test[:config.num_images]
+  library = evaluate.summarize(result, y, np.asarray(logits_fn(x)))
+  script = {name: values[1] for name, values in results['attacks']['pgd_linf']['per_model'].items()}
+  assert library.keys() == script.keys()
+  for name, value in library.items():
+    assert script[name] == pytest.approx(value, abs=1e-4, nan_ok=True), name
 
 
 def test_results_are_not_overwritten(attacked):
   workdir, config, _ = attacked
-  before = open(os.path.join(workdir, robustness.RESULTS)).read()
+  before = open(os.path.join(workdir, attack_study.RESULTS)).read()
   with pytest.raises(UserError, match='already exists'):
-    robustness.run(config, workdir)
-  assert open(os.path.join(workdir, robustness.RESULTS)).read() == before
+    attack_study.run(config, workdir)
+  assert open(os.path.join(workdir, attack_study.RESULTS)).read() == before
 
 
 def test_on_true_manifold_attack_needs_the_fonts_generator():
@@ -59,9 +91,23 @@ def test_on_true_manifold_attack_needs_the_fonts_generator():
   import ml_collections
   spheres = data.load(ml_collections.ConfigDict(dict(name='spheres', num_train=10, num_test=10,
                                                      seed=0)))
-  with pytest.raises(UserError, match='needs the fonts dataset'):
-    robustness.build_attack(dict(attack='on_true_manifold', epsilon=0.3, num_steps=1,
-                                 step_size=0.1, step_rule='sign'), spheres)
+  with pytest.raises(UserError, match='needs a dataset with a known generator'):
+    attacks.build(dict(attack='on_true_manifold', epsilon=0.3, num_steps=1, step_size=0.1,
+                       step_rule='sign'), attack_study.manifolds(spheres))
+
+
+@pytest.mark.parametrize('spec, message', [
+    (dict(attack='pgd_lnf', epsilon=0.3, num_steps=1), "did you mean 'pgd_linf'"),
+    (dict(attack='pgd_linf', epsilon=-0.3, num_steps=1), 'epsilon must be a positive'),
+    (dict(attack='pgd_linf', epsilon=0.3, num_steps=1, restarts=0), 'restarts must be a positive'),
+    (dict(attack='pgd_linf', epsilon=0.3, num_step=1), "did you mean 'num_steps'"),
+    (dict(attack='pgd_linf', num_steps=1), 'needs a radius'),
+])
+def test_bad_attack_entries_fail_before_any_model_is_loaded(spec, message, tmp_path):
+  config = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
+  config.attacks.zzz = spec  # sorted last: every attack before it would run first
+  with pytest.raises(UserError, match=message):
+    attack_study.run(config, str(tmp_path))  # an empty workdir: loading it would fail first
 
 
 def test_models_attacked_together_equal_each_attacked_alone():
@@ -69,15 +115,15 @@ def test_models_attacked_together_equal_each_attacked_alone():
   alone gives."""
   module = models.classifier('stutz_convnet', 10)
   per_model = [models.init(module, k, (28, 28, 1)) for k in jax.random.split(jax.random.key(0), 2)]
-  stacked = state_lib.stack(per_model)
+  both = stacked.stack(per_model)
   x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
-  y = jnp.arange(6) % 10
-  attack = robustness.build_attack(
-      dict(attack='pgd_linf', epsilon=0.1, num_steps=5, step_size=0.02, early_stop=False), None)
+  batch = {'image': x, 'label': jnp.arange(6) % 10}
+  attack = attacks.build(dict(attack='pgd_linf', epsilon=0.1, num_steps=5, step_size=0.02,
+                              early_stop=False))
   key = jax.random.key(2)
-  together = robustness.attack_models(stacked, x, y, key, {}, module=module, attack=attack)
+  together = attack_study.attack_models(both, batch, key, module=module, attack=attack)
   for k, variables in enumerate(per_model):
-    alone = jax.jit(lambda v: attack(models.logits_fn(module, v), x, y, key, {}))(variables)
+    alone = jax.jit(lambda v: attack(models.logits_fn(module, v), batch, key))(variables)
     np.testing.assert_allclose(together.x_adv[k], alone.x_adv, atol=1e-5)
     assert not np.allclose(alone.x_adv, x)  # the attack moved the images
   assert not np.allclose(together.x_adv[0], together.x_adv[1])  # each model got its own attack

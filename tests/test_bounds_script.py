@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from advgen import bounds
-from advgen.bounds import experiment
+from advgen.studies import bounds as experiment
 from advgen.cli import load_config
 from advgen.errors import UserError
 from conftest import ROOT
@@ -35,6 +35,10 @@ def test_results_hold_the_table_the_bounds_and_every_estimate(tiny):
   for name in names:
     entry = results['classifiers'][name]
     assert 0 <= entry['test_error'] <= 1
+    for key in ('latent', 'in_distribution', 'unconstrained'):  # the curve ends at the bound
+      curve = entry['bound_curve'][key]
+      crossing = np.interp(config.p, curve['probability'], curve['radius'])
+      assert crossing == pytest.approx(entry['bound'][key]['normalized'], rel=0.02)
     assert sum(entry['class_probs']) == pytest.approx(1)
     latent = bounds.robustness_upper_bound(config.p, entry['class_probs'])
     assert entry['bound']['latent']['radius'] == pytest.approx(latent)

@@ -13,7 +13,8 @@ from advgen import data
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
-from advgen.train import classifier, generator, state as state_lib
+from advgen.studies import runs
+from advgen.train import generator, generator_eval, state as state_lib, trainer
 from advgen.train import workdir as workdir_lib
 from conftest import ROOT, configured, killed_after_step
 
@@ -33,12 +34,12 @@ def judged(trained_tiny):
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory, judged):
   workdir = str(tmp_path_factory.mktemp('vaegan_tiny'))
-  return workdir, generator.train(tiny_config(**judged), workdir)
+  return workdir, runs.train_generator(tiny_config(**judged), workdir)
 
 
 @pytest.fixture(scope='module')
 def restored(tiny_run):
-  return generator.restore(tiny_run[0])
+  return runs.load_generators(tiny_run[0])
 
 
 @pytest.mark.parametrize('size', [28, 7, 14, 5, 32])
@@ -114,24 +115,26 @@ def test_run_writes_metrics_results_latents_and_grids(tiny_run):
                'samples.png', 'reconstructions.png'):
     assert os.path.exists(os.path.join(workdir, name)), name
   records = workdir_lib.MetricWriter(workdir).read()
-  logged = [r for r in records if 'loss' in r]
-  for key in ('loss', 'kl', 'l1', 'gan_decoder', 'gan_discriminator', 'd_real', 'eta_seconds'):
-    assert np.isfinite(logged[-1][key]), key
-  assert len(logged[-1]['loss_per_model']) == 10
-  assert logged[-1]['loss'] < logged[0]['loss']
-  evaluations = [r['test_l1'] for r in records if 'test_l1' in r]
+  logged = [r for r in records if 'loss' in r['per_model']]
+  for key in ('loss', 'kl', 'l1', 'gan_decoder', 'gan_discriminator', 'd_real'):
+    assert np.isfinite(logged[-1]['mean'][key]), key
+  assert np.isfinite(logged[-1]['eta_seconds'])
+  assert len(logged[-1]['per_model']['loss']) == 10
+  assert logged[-1]['mean']['loss'] < logged[0]['mean']['loss']
+  evaluations = [r['mean']['test_l1'] for r in records if 'test_l1' in r['per_model']]
   assert len(evaluations) == tiny_config().num_epochs and evaluations[-1] < evaluations[0]
-  assert results['num_models'] == 10 and len(results['test_l1_per_model']) == 10
-  assert results['test_l1'] == pytest.approx(np.mean(results['test_l1_per_model']), rel=0.05)
+  per_model = results['per_model']
+  assert results['num_models'] == 10 and len(per_model['test_l1']) == 10
+  assert results['test_l1'] == pytest.approx(np.mean(per_model['test_l1']), rel=0.05)
   # The true-manifold distance separates real images from noise.
   assert results['test_distance'] < results['noise_distance']
   assert 0 < results['sample_distance'] < results['noise_distance']
   samples = Image.open(os.path.join(workdir, 'samples.png'))
   assert samples.size == (2 * (4 * 29 + 1), 2 * (10 * 29 + 1))  # 10 classes x 4 columns
   assert results['num_distance'] == 40 and results['num_reference'] == 10
-  assert results['num_classified'] == 40 and len(results['gan_test_accuracy_per_model']) == 10
-  assert results['gan_test_accuracy'] == pytest.approx(
-      np.mean(results['gan_test_accuracy_per_model']))
+  assert results['num_classified'] == 40 and len(per_model['gan_test_accuracy']) == 10
+  assert results['mean']['gan_test_accuracy'] == pytest.approx(
+      np.mean(per_model['gan_test_accuracy']))
 
 
 class Brightness(nn.Module):
@@ -148,18 +151,17 @@ def test_gan_test_accuracy_scores_each_sample_against_its_class_model():
   images = np.stack([np.full((3, 28, 28, 1), k / 10, np.float32) for k in range(10)])
   right, class_zero = {'params': {'gain': 1.0}}, {'params': {'gain': 0.0}}
   stacked = jax.tree.map(lambda *v: jnp.stack(v), right, class_zero)
-  scores = generator.gan_test_accuracy(Brightness(), stacked, images)
-  assert scores['gan_test_accuracy'] == pytest.approx((1.0 + 0.1) / 2)  # averaged over classifiers
-  assert scores['gan_test_accuracy_per_model'] == pytest.approx([1.0] + [0.5] * 9)
-  assert scores['num_classified'] == 30
-  shifted = generator.gan_test_accuracy(Brightness(), stacked, np.roll(images, 1, axis=0))
-  assert shifted['gan_test_accuracy'] == pytest.approx(0.05)  # class model 0 now shows class 9
+  scores = generator_eval.gan_test_accuracy(Brightness(), stacked, images)
+  assert scores.mean() == pytest.approx((1.0 + 0.1) / 2)  # averaged over classifiers
+  assert scores == pytest.approx([1.0] + [0.5] * 9)
+  shifted = generator_eval.gan_test_accuracy(Brightness(), stacked, np.roll(images, 1, axis=0))
+  assert shifted.mean() == pytest.approx(0.05)  # class model 0 now shows class 9
 
 
 def test_latent_codes_are_the_encoder_means_of_each_class(tiny_run, restored):
   workdir, _ = tiny_run
   _, dataset, module, variables = restored
-  latents = generator.load_latents(workdir)
+  latents = runs.load_latents(workdir)
   assert latents['z_train'].shape == (300, 10) and latents['z_test'].shape == (100, 10)
   np.testing.assert_array_equal(latents['y_test'], dataset.y_test)
   mean, log_var = jax.jit(generators.encode_fn(module, variables))(dataset.x_test[:7],
@@ -191,10 +193,10 @@ def test_encoder_decoder_reconstructs_better_than_a_random_decoder(tiny_run, res
   config, dataset, module, variables = restored
   random_setup = generator.build(tiny_config(seed=7), dataset)
   random_variables = generator.eval_variables(random_setup.state)
-  random_error, _ = generator.reconstruction_errors(module, random_variables, dataset.x_test,
-                                                    dataset.y_test, 50)
-  trained_error, _ = generator.reconstruction_errors(module, variables, dataset.x_test,
-                                                     dataset.y_test, 50)
+  random_error, _ = generator_eval.reconstruction_errors(module, random_variables,
+                                                         dataset.x_test, dataset.y_test, 50)
+  trained_error, _ = generator_eval.reconstruction_errors(module, variables, dataset.x_test,
+                                                          dataset.y_test, 50)
   assert trained_error.mean() == pytest.approx(results['test_l1'], rel=1e-4)
   assert trained_error.mean() < 0.6 * random_error.mean()
   # Inference mode uses running batch statistics: every part's must have been updated.
@@ -209,12 +211,21 @@ def test_killed_run_resumes_to_the_same_numbers(tiny_run, judged, tmp_path, monk
   workdir = str(tmp_path)
   steps_per_epoch = 3
   with killed_after_step(monkeypatch, steps_per_epoch + 1):  # after the epoch-1 checkpoint
-    generator.train(tiny_config(**judged), workdir)
+    runs.train_generator(tiny_config(**judged), workdir)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
-  results = generator.train(tiny_config(**judged), workdir)
+  ran = []
+  make = trainer.train_step
+
+  def recording(*args, **kwargs):
+    step = make(*args, **kwargs)
+    return lambda state, i: (ran.append(i), step(state, i))[1]
+
+  monkeypatch.setattr(trainer, 'train_step', recording)
+  results = runs.train_generator(tiny_config(**judged), workdir)
+  assert ran[0] == steps_per_epoch  # resumed at the checkpoint: no earlier step ran again
   assert results == reference_results
-  jax.tree.map(np.testing.assert_array_equal, generator.restore(workdir)[3],
-               generator.restore(reference)[3])
+  jax.tree.map(np.testing.assert_array_equal, runs.load_generators(workdir)[3],
+               runs.load_generators(reference)[3])
   steps = [r['step'] for r in workdir_lib.MetricWriter(workdir).read()]
   assert steps == sorted(set(steps))
 
@@ -223,7 +234,7 @@ def test_finished_run_is_not_overwritten_and_the_script_says_so_in_one_line(tiny
   workdir, _ = tiny_run
   before = open(os.path.join(workdir, 'results.json')).read()
   with pytest.raises(UserError, match='different config'):
-    generator.train(tiny_config(seed=5, **judged), workdir)
+    runs.train_generator(tiny_config(seed=5, **judged), workdir)
   done = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'scripts', 'train_generator.py'), f'--config={TINY}',
        f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in judged.items()],
@@ -238,14 +249,14 @@ def test_class_models_trained_together_equal_models_trained_one_by_one(tiny_run,
   workdir, _ = tiny_run
   _, dataset, module, together = restored
   config = tiny_config()
-  logged = {r['step']: r['loss_per_model'] for r in workdir_lib.MetricWriter(workdir).read()
-            if 'loss' in r}
+  logged = {r['step']: r['per_model']['loss'] for r in workdir_lib.MetricWriter(workdir).read()
+            if 'loss' in r['per_model']}
   z = generators.truncated_prior(jax.random.key(0), (16, 10))
   decode_all = jax.jit(jax.vmap(lambda v: module.apply(v, z, method='decode')))
   images_together = decode_all(together)
   for k in range(10):
     setup = generator.build(config, dataset, models=[k])
-    step = generator.trainer(config, dataset, setup)
+    step = trainer.train_step(setup, trainer.batch_dict(dataset, 'train'))
     state, losses = setup.state, {}
     for i in range(max(logged)):
       state, metrics = step(state, i)
@@ -277,28 +288,30 @@ def test_params_average_is_the_bias_corrected_moving_average_and_is_what_runs_us
     ({'model.name': 'gan'}, 'unknown generator'),
     ({'loss.beta': -1.0}, 'beta'),
     ({'ema_decay': 1.0}, 'ema_decay'),
+    ({'num_epochs': -1}, 'num_epochs must be a positive integer'),
+    ({'eval.num_reference': 1000}, 'num_reference=1000 is more than'),
     ({'eval.classifier_workdir': '/nonexistent/run'}, 'no trained classifier'),
     ({'eval.classifier_workdir': ROOT, 'class_specific': False}, 'needs class_specific'),
 ])
 def test_bad_config_is_a_user_error(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
-    generator.train(tiny_config(**overrides), str(tmp_path))
+    runs.train_generator(tiny_config(**overrides), str(tmp_path))
   assert not os.path.exists(tmp_path / 'config.json')  # refused before anything was written
 
 
 def test_classifier_and_generator_workdirs_are_not_mistaken_for_each_other(tiny_run,
                                                                            trained_tiny):
   with pytest.raises(UserError, match='holds no classifier run'):
-    classifier.restore(tiny_run[0])
+    runs.load_classifiers(tiny_run[0])
   with pytest.raises(UserError, match='holds no generator run'):
-    generator.restore(trained_tiny[0])
+    runs.load_generators(trained_tiny[0])
 
 
 def test_restore_needs_a_generator_workdir(tmp_path):
   with pytest.raises(UserError, match='no trained generator'):
-    generator.restore(str(tmp_path))
+    runs.load_generators(str(tmp_path))
   with pytest.raises(UserError, match='latents.npz'):
-    generator.load_latents(str(tmp_path))
+    runs.load_latents(str(tmp_path))
 
 
 def test_dcgan_trains_from_the_prior_with_the_non_saturating_loss(tmp_path):
@@ -307,12 +320,13 @@ def test_dcgan_trains_from_the_prior_with_the_non_saturating_loss(tmp_path):
   results = generator.train(config, workdir)
   assert results['num_models'] == 1 and 'test_l1' not in results
   assert not os.path.exists(os.path.join(workdir, 'latents.npz'))
-  logged = [r for r in workdir_lib.MetricWriter(workdir).read() if 'gan_decoder' in r]
+  logged = [r['mean'] for r in workdir_lib.MetricWriter(workdir).read()
+            if 'gan_decoder' in r['per_model']]
   assert len(logged) == 4 and 'kl' not in logged[-1]
   for key in ('loss', 'gan_decoder', 'gan_discriminator', 'd_real', 'd_fake'):
     assert np.isfinite(logged[-1][key])
   assert logged[-1]['loss'] == logged[-1]['gan_decoder']
-  _, _, module, variables = generator.restore(workdir)
+  _, _, module, variables = runs.load_generators(workdir)
   assert set(variables['params']) == {'decoder', 'discriminator'} and module.latent_dim == 16
   images = generators.decode_fn(module, variables)(jnp.zeros((3, 16)))
   assert images.shape == (3, 28, 28, 1)

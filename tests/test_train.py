@@ -9,7 +9,8 @@ import pytest
 
 from advgen import transforms
 from advgen.errors import UserError
-from advgen.train import classifier, workdir as workdir_lib
+from advgen.studies import runs
+from advgen.train import classifier, trainer, variants, workdir as workdir_lib
 from conftest import ROOT, configured, killed_after_step
 
 TINY = os.path.join(ROOT, 'configs', 'fonts_tiny.py')
@@ -20,14 +21,14 @@ def tiny_config(**overrides):
 
 
 def params_of(workdir):
-  _, _, _, variables = classifier.restore(workdir)
+  _, _, _, variables = runs.load_classifiers(workdir)
   return variables
 
 
 def logged_losses(workdir):
   """(steps, models) training losses from metrics.jsonl."""
-  return np.array([r['loss_per_model'] if 'loss_per_model' in r else [r['loss']]
-                   for r in workdir_lib.MetricWriter(workdir).read() if 'loss' in r])
+  return np.array([r['per_model']['loss'] for r in workdir_lib.MetricWriter(workdir).read()
+                   if 'loss' in r['per_model']])
 
 
 def assert_same_training(workdir, reference):
@@ -47,17 +48,24 @@ def test_run_writes_metrics_results_and_checkpoints(finished):
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
                                          'results.json']
   records = workdir_lib.MetricWriter(workdir).read()
-  logged = [r for r in records if 'loss' in r]
+  logged = [r for r in records if 'loss' in r['per_model']]
   assert [r['step'] for r in logged] == list(range(2, 11, 2))
-  for key in ('loss', 'accuracy', 'learning_rate', 'steps_per_second', 'eta_seconds'):
+  for key in ('learning_rate', 'steps_per_second', 'eta_seconds'):
     assert np.isfinite(logged[-1][key])
-  assert len(logged[-1]['loss_per_model']) == 2
-  assert logged[-1]['loss'] < logged[0]['loss']
-  assert any('test_error' in r for r in records)
-  assert len(results['test_error']) == 2 and results['num_train'] == 300
+  for key in ('loss', 'accuracy'):
+    assert np.isfinite(logged[-1]['mean'][key])
+  per_model = logged[-1]['per_model']['loss']
+  assert len(per_model) == 2
+  assert logged[-1]['mean']['loss'] == pytest.approx(np.mean(per_model))
+  assert logged[-1]['std']['loss'] == pytest.approx(np.std(per_model))
+  assert logged[-1]['mean']['loss'] < logged[0]['mean']['loss']
+  assert any('test_error' in r['per_model'] for r in records)
+  errors = results['per_model']
+  assert len(errors['test_error']) == 2 and results['num_train'] == 300
+  assert results['mean']['test_error'] == pytest.approx(np.mean(errors['test_error']))
   # Two seeds give two different models.
-  assert results['train_error'][0] != results['train_error'][1] or (
-      results['test_error'][0] != results['test_error'][1])
+  assert errors['train_error'][0] != errors['train_error'][1] or (
+      errors['test_error'][0] != errors['test_error'][1])
 
 
 def test_finished_workdir_is_not_overwritten(finished):
@@ -76,7 +84,19 @@ def test_killed_run_resumes_to_the_same_numbers(finished, tmp_path, monkeypatch)
   with killed_after_step(monkeypatch, 8):  # after the epoch-1 checkpoint (step 5), mid epoch 2
     classifier.train(tiny_config(), workdir)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  # A half-written metrics line, as a kill during a write leaves, is dropped on resume.
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 9, "per_mo')
+  ran = []
+  make = trainer.train_step
+
+  def recording(*args, **kwargs):
+    step = make(*args, **kwargs)
+    return lambda state, i: (ran.append(i), step(state, i))[1]
+
+  monkeypatch.setattr(trainer, 'train_step', recording)
   results = classifier.train(tiny_config(), workdir)
+  assert ran == list(range(5, 10))  # from the checkpoint on: no step before it ran again
   assert results == reference_results
   jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(reference))
   steps = [r['step'] for r in workdir_lib.MetricWriter(workdir).read()]
@@ -101,7 +121,8 @@ def test_four_devices_train_the_same_model_as_one(finished, tmp_path):
                  capture_output=True)
   assert_same_training(workdir, reference)
   results = json.load(open(os.path.join(workdir, 'results.json')))
-  np.testing.assert_allclose(results['test_error'], reference_results['test_error'], atol=0.02)
+  np.testing.assert_allclose(results['per_model']['test_error'],
+                             reference_results['per_model']['test_error'], atol=0.02)
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -111,6 +132,12 @@ def test_four_devices_train_the_same_model_as_one(finished, tmp_path):
     ({'dataset.name': 'fontz'}, 'unknown dataset'),
     ({'batch_size': 1000}, 'batch_size=1000'),
     ({'variant.name': 'magic'}, 'unknown training variant'),
+    ({'variant.name': 'adversarial', 'variant.epsilon': -0.3}, 'epsilon must be a positive'),
+    ({'variant.name': 'adversarial', 'variant.num_steps': 0}, 'num_steps must be a positive'),
+    ({'num_epochs': -1}, 'num_epochs must be a positive integer'),
+    ({'num_models': 0}, 'num_models must be a positive integer'),
+    ({'batch_size': 0}, 'batch_size must be a positive integer'),
+    ({'max_checkpoints': 0}, 'max_checkpoints must be a positive integer'),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message) as error:
@@ -123,8 +150,11 @@ def test_divergence_stops_with_a_message_and_keeps_checkpoints(tmp_path):
   config = tiny_config(**{'optimizer.learning_rate': 1e30, 'num_models': 1})
   with pytest.raises(UserError, match='training diverged') as error:
     classifier.train(config, str(tmp_path))
-  assert 'learning_rate' in str(error.value)
+  assert 'learning_rate' in str(error.value) and 'new --workdir' in str(error.value)
   assert not os.path.exists(tmp_path / 'results.json')
+  # The advice is accepted: a lower rate in a new workdir trains.
+  lower = tiny_config(**{'optimizer.learning_rate': 0.01, 'num_models': 1, 'num_epochs': 1})
+  classifier.train(lower, str(tmp_path / 'new'))
 
 
 def _run_script(workdir, *flags):
@@ -154,26 +184,63 @@ def test_script_resumes_and_reports_a_corrupt_checkpoint_in_one_line(finished, t
 
 
 def test_adversarial_training_plugs_into_the_same_loop(tmp_path):
-  config = tiny_config(num_models=1, num_epochs=1)
-  config.variant = dict(name='adversarial', epsilon=0.3, num_steps=3, step_size=0.005)
+  config = tiny_config(num_models=1, num_epochs=1, **{
+      'variant.name': 'adversarial', 'variant.num_steps': 3})
   results = classifier.train(config, str(tmp_path))
-  assert 0 <= results['test_error_mean'] <= 1
-  logged = [r for r in workdir_lib.MetricWriter(str(tmp_path)).read() if 'loss' in r]
-  assert all(np.isfinite(r['loss']) for r in logged)
+  assert 0 <= results['mean']['test_error'] <= 1
+  logged = [r for r in workdir_lib.MetricWriter(str(tmp_path)).read() if 'loss' in r['per_model']]
+  assert all(np.isfinite(r['mean']['loss']) for r in logged)
 
 
-def test_adversarial_batch_is_clean_plus_attacked_copies():
-  from advgen.train import variants
+def _cross_entropy(logits_fn, x, y):
+  import optax
+  return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits_fn(x), y))
+
+
+@pytest.mark.parametrize('name', ['adversarial', 'fast', 'adversarial_transformation'])
+def test_adversarial_batch_is_clean_plus_attacked_copies_of_higher_loss(name):
   w = jax.random.normal(jax.random.key(0), (28 * 28, 10))
   logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
   x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
   y = jax.numpy.arange(6) % 10
-  augmented, _ = variants.augmentation(0.1, np.asarray(transforms.RANGES['hard']))(
-      logits_fn, x, y, jax.random.key(2))
-  assert augmented.shape == x.shape and not np.allclose(augmented, x)
-  for transform in (variants.adversarial(0.1, 3, 0.01), variants.fast(0.1)):
-    xs, ys = transform(logits_fn, x, y, jax.random.key(2))
-    assert xs.shape == (12, 28, 28, 1)
-    np.testing.assert_array_equal(xs[:6], x)
-    np.testing.assert_array_equal(ys, np.concatenate([y, y]))
-    assert 0 < np.abs(np.asarray(xs[6:] - x)).max() <= 0.1 + 1e-6
+  font = jax.numpy.arange(6) + 100
+  config = tiny_config(**{'variant.name': name, 'variant.epsilon': 0.1, 'variant.num_steps': 5,
+                          'variant.step_size': 0.01})
+  batch = variants.batch_transform(config)(logits_fn, {'image': x, 'label': y, 'font': font},
+                                           jax.random.key(2))
+  xs = batch['image']
+  assert xs.shape == (12, 28, 28, 1)
+  np.testing.assert_array_equal(xs[:6], x)
+  np.testing.assert_array_equal(batch['label'], np.concatenate([y, y]))
+  np.testing.assert_array_equal(batch['font'], np.concatenate([font, font]))  # latents follow
+  assert 0 < np.abs(np.asarray(xs[6:] - x)).max()
+  if name != 'adversarial_transformation':
+    assert np.abs(np.asarray(xs[6:] - x)).max() <= 0.1 + 1e-6
+  # Attacked away from the label: every copy's loss under the current model is higher.
+  assert np.all(_cross_entropy(logits_fn, xs[6:], y) > _cross_entropy(logits_fn, x, y))
+
+
+def test_augmentation_transforms_images_and_keeps_labels():
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  y = jax.numpy.arange(6) % 10
+  batch = variants.augmentation(0.1, np.asarray(transforms.RANGES['hard']))(
+      None, {'image': x, 'label': y}, jax.random.key(2))
+  assert batch['image'].shape == x.shape and not np.allclose(batch['image'], x)
+  np.testing.assert_array_equal(batch['label'], y)
+
+
+def test_variant_settings_come_from_the_command_line_config(tmp_path):
+  """Every variant's settings live in configs/fonts.py: choosing one needs only its name."""
+  for name in variants.VARIANTS:
+    variants.batch_transform(tiny_config(**{'variant.name': name}))
+
+
+def test_checkpoints_of_every_epoch_are_kept_when_asked(tmp_path):
+  config = tiny_config(num_models=1, num_epochs=3, max_checkpoints=1,
+                       keep_checkpoint_every_epochs=1)
+  classifier.train(config, str(tmp_path))
+  steps = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+  assert steps == [5, 10, 15]
+  first = runs.load_classifiers(str(tmp_path), step=5)[3]
+  last = runs.load_classifiers(str(tmp_path))[3]
+  assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(last)[0])

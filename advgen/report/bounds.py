@@ -1,17 +1,16 @@
-"""Fawzi-style tables and figures for bounds next to measured robustness (`experiment` results).
+"""Fawzi-style tables and figures for bounds next to measured robustness (the bounds study's
+results.json).
 
 A table like Fawzi et al.'s Tables 1-2: rows are robustness in Z-space, in-distribution and
 unconstrained; columns the upper bound and each classifier; entries the p-quantile of robustness
 normalized by E||z|| (latent row) or E||g(z)|| (image rows), and each classifier's error rate.
-A figure of the empirical CDFs with the bound's curves. Plain functions of the results dict.
+A figure of the empirical CDFs with the bound's curves, and Fawzi et al.'s Figure 2. Plain
+functions of the results dict: every curve is stored there, so nothing is recomputed.
 """
 
 import os
 
 import numpy as np
-
-from advgen.bounds import isoperimetric
-from advgen.bounds.modulus import Empirical
 
 TABLE = 'report.md'
 CDF_FIGURE = os.path.join('figures', 'robustness_cdf.png')
