@@ -79,3 +79,17 @@ def trained_tiny(tmp_path_factory):
 @pytest.fixture(scope='session')
 def fonts_manifold():
   return fonts.manifold('hard')
+
+
+def record_steps(monkeypatch):
+  """The steps the trainer runs from now on, in order (a list that fills as they run)."""
+  from advgen.train import trainer
+  ran = []
+  make = trainer.train_step
+
+  def recording(*args, **kwargs):
+    step = make(*args, **kwargs)
+    return lambda state, i: (ran.append(i), step(state, i))[1]
+
+  monkeypatch.setattr(trainer, 'train_step', recording)
+  return ran

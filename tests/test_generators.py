@@ -16,7 +16,7 @@ from advgen.models import generators
 from advgen.studies import runs
 from advgen.train import generator, generator_eval, state as state_lib, trainer
 from advgen.train import workdir as workdir_lib
-from conftest import ROOT, configured, killed_after_step
+from conftest import ROOT, configured, killed_after_step, record_steps
 
 TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
 
@@ -213,14 +213,7 @@ def test_killed_run_resumes_to_the_same_numbers(tiny_run, judged, tmp_path, monk
   with killed_after_step(monkeypatch, steps_per_epoch + 1):  # after the epoch-1 checkpoint
     runs.train_generator(tiny_config(**judged), workdir)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
-  ran = []
-  make = trainer.train_step
-
-  def recording(*args, **kwargs):
-    step = make(*args, **kwargs)
-    return lambda state, i: (ran.append(i), step(state, i))[1]
-
-  monkeypatch.setattr(trainer, 'train_step', recording)
+  ran = record_steps(monkeypatch)
   results = runs.train_generator(tiny_config(**judged), workdir)
   assert ran[0] == steps_per_epoch  # resumed at the checkpoint: no earlier step ran again
   assert results == reference_results

@@ -11,7 +11,7 @@ from advgen import transforms
 from advgen.errors import UserError
 from advgen.studies import runs
 from advgen.train import classifier, trainer, variants, workdir as workdir_lib
-from conftest import ROOT, configured, killed_after_step
+from conftest import ROOT, configured, killed_after_step, record_steps
 
 TINY = os.path.join(ROOT, 'configs', 'fonts_tiny.py')
 
@@ -87,14 +87,7 @@ def test_killed_run_resumes_to_the_same_numbers(finished, tmp_path, monkeypatch)
   # A half-written metrics line, as a kill during a write leaves, is dropped on resume.
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
     f.write('{"step": 9, "per_mo')
-  ran = []
-  make = trainer.train_step
-
-  def recording(*args, **kwargs):
-    step = make(*args, **kwargs)
-    return lambda state, i: (ran.append(i), step(state, i))[1]
-
-  monkeypatch.setattr(trainer, 'train_step', recording)
+  ran = record_steps(monkeypatch)
   results = classifier.train(tiny_config(), workdir)
   assert ran == list(range(5, 10))  # from the checkpoint on: no step before it ran again
   assert results == reference_results

@@ -104,10 +104,3 @@ def plot_figure2(curves, path):
   figure.savefig(path, dpi=120)
   return path
 
-
-def write(results, workdir):
-  """report.md and the figures of a bounds study into `workdir`, from its results alone."""
-  with open(os.path.join(workdir, TABLE), 'w') as f:
-    f.write(table_markdown(results))
-  plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
-  plot_figure2(results['figure2'], os.path.join(workdir, FIGURE2))

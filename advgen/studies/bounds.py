@@ -212,10 +212,18 @@ def run(config, workdir):
                                        list(config.figure2.num_classes), config.figure2.p)
   results['figure2'] = {k: np.asarray(v).tolist() for k, v in curves.items()}
   results['table'] = report.table_markdown(results)
-  report.write(results, workdir)
+  write_report(results, workdir)
   _examples_figure(decode_fn, z, examples, os.path.join(workdir, EXAMPLES))
   workdir_lib.write_results(results_path, results)  # last: it marks the run finished
   return results
+
+
+def write_report(results, workdir):
+  """report.md and the figures into `workdir`, from the results alone (nothing recomputed)."""
+  with open(os.path.join(workdir, TABLE), 'w') as f:
+    f.write(report.table_markdown(results))
+  report.plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
+  report.plot_figure2(results['figure2'], os.path.join(workdir, FIGURE2))
 
 
 def _examples_figure(decode_fn, z, examples, path, count=8):
