@@ -40,9 +40,10 @@ def test_input_gradients_match_and_every_ungrouped_kernel_is_canonical():
   x = jax.random.uniform(_KEYS[2], (3, 8, 8, 2))
   grad = jax.grad(lambda v: conv_net(v).sum())
   rewritten = canonical_convolutions(grad)
-  np.testing.assert_allclose(rewritten(x), grad(x), rtol=1e-5, atol=1e-5)
+  # Gradients reach ~30: another convolution layout reorders float sums by ~1e-6 of that.
+  np.testing.assert_allclose(rewritten(x), grad(x), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(jax.vmap(rewritten)(x[:, None]), jax.vmap(grad)(x[:, None]),
-                             rtol=1e-5, atol=1e-5)
+                             rtol=1e-5, atol=1e-4)
   before, after = _rhs_specs(grad, x), _rhs_specs(rewritten, x)
   assert any(spec != (3, 2, 0, 1) for spec, groups in before if groups == 1)  # JAX's 'OI' form
   assert all(spec == (3, 2, 0, 1) for spec, groups in after if groups == 1)

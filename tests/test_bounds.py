@@ -245,5 +245,6 @@ def test_figure2_curve(tmp_path):
   assert curves['radius'][0] == pytest.approx(0.6745, abs=1e-4)
   np.testing.assert_allclose(curves['bound'][:, 1] / curves['bound'][:, 0], np.sqrt(0.1))
   assert np.all(np.diff(curves['bound'], axis=0) < 0)
-  path = bounds.plot_figure2(curves, tmp_path / 'figure2.png')
+  from advgen.report import bounds as bounds_report
+  path = bounds_report.plot_figure2(curves, tmp_path / 'figure2.png')
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

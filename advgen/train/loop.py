@@ -43,47 +43,49 @@ def fit(*, workdir, state, train_step, num_steps, steps_per_epoch, examples_per_
   checkpoint_every = checkpoint_every or steps_per_epoch
   checkpoints = Checkpoints(workdir, max_to_keep, keep_period)
   writer = MetricWriter(workdir)
-  start = checkpoints.latest_step() or 0
-  if start:
-    state = checkpoints.restore(state, start)
-    writer.truncate_after(start)
-    logging.info('resuming from the checkpoint at step %d', start)
-  last_time, last_step = time.time(), start
-  for step in range(start, num_steps):
-    state, metrics = train_step(state, step)
-    done = step + 1
-    is_log = done % log_every == 0 or done == num_steps
-    is_epoch = done % steps_per_epoch == 0 or done == num_steps
-    is_checkpoint = done % checkpoint_every == 0 or done == num_steps
-    if not (is_log or is_epoch or is_checkpoint):
-      continue
-    metrics = jax.device_get(metrics)
-    _check_finite(metrics, done, checkpoints)
-    record, per_model = {}, {}
-    if is_log:
-      now = time.time()
-      steps_per_second = (done - last_step) / max(now - last_time, 1e-9)
-      last_time, last_step = now, done
-      eta = (num_steps - done) / steps_per_second
-      per_model.update(metrics)
-      record.update(steps_per_second=steps_per_second,
-                    examples_per_second=steps_per_second * examples_per_step, eta_seconds=eta)
-      if extra_metrics:
-        record.update(extra_metrics(done))
-      logging.info('step %d/%d (epoch %.2f) loss %.4f, %.1f steps/s, ETA %s', done, num_steps,
-                   done / steps_per_epoch, float(np.mean(metrics.get('loss', math.nan))),
-                   steps_per_second, time.strftime('%H:%M:%S', time.gmtime(eta)))
-    if is_epoch and evaluate is not None:
-      evaluation = evaluate(state)
-      _check_finite(evaluation, done, checkpoints)
-      per_model.update(evaluation)
-      logging.info('step %d: %s', done, {k: round(float(np.mean(v)), 4)
-                                         for k, v in evaluation.items()})
-    if record or per_model:
-      writer.write(done, {'epoch': done / steps_per_epoch, **record,
-                          **results_lib.summarize(per_model)})
-    if is_checkpoint:
-      checkpoints.save(done, state)
-      last_time = time.time()  # checkpoint time is not training time
-  checkpoints.close()
+  try:
+    start = checkpoints.latest_step() or 0
+    if start:
+      state = checkpoints.restore(state, start)
+      writer.truncate_after(start)
+      logging.info('resuming from the checkpoint at step %d', start)
+    last_time, last_step = time.time(), start
+    for step in range(start, num_steps):
+      state, metrics = train_step(state, step)
+      done = step + 1
+      is_log = done % log_every == 0 or done == num_steps
+      is_epoch = done % steps_per_epoch == 0 or done == num_steps
+      is_checkpoint = done % checkpoint_every == 0 or done == num_steps
+      if not (is_log or is_epoch or is_checkpoint):
+        continue
+      metrics = jax.device_get(metrics)
+      _check_finite(metrics, done, checkpoints)
+      record, per_model = {}, {}
+      if is_log:
+        now = time.time()
+        steps_per_second = (done - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, done
+        eta = (num_steps - done) / steps_per_second
+        per_model.update(metrics)
+        record.update(steps_per_second=steps_per_second,
+                      examples_per_second=steps_per_second * examples_per_step, eta_seconds=eta)
+        if extra_metrics:
+          record.update(extra_metrics(done))
+        logging.info('step %d/%d (epoch %.2f) loss %.4f, %.1f steps/s, ETA %s', done, num_steps,
+                     done / steps_per_epoch, float(np.mean(metrics.get('loss', math.nan))),
+                     steps_per_second, time.strftime('%H:%M:%S', time.gmtime(eta)))
+      if is_epoch and evaluate is not None:
+        evaluation = evaluate(state)
+        _check_finite(evaluation, done, checkpoints)
+        per_model.update(evaluation)
+        logging.info('step %d: %s', done, {k: round(float(np.mean(v)), 4)
+                                           for k, v in evaluation.items()})
+      if record or per_model:
+        writer.write(done, {'epoch': done / steps_per_epoch, **record,
+                            **results_lib.summarize(per_model)})
+      if is_checkpoint:
+        checkpoints.save(done, state)
+        last_time = time.time()  # checkpoint time is not training time
+  finally:  # also on errors: a manager left open dies noisily in its threads at exit
+    checkpoints.close()
   return state
