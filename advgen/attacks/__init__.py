@@ -12,6 +12,7 @@ serves regular, on-manifold and transformation attacks. `get(name)` selects an a
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fgsm import fgsm
+from advgen.attacks.hopskipjump import HopSkipJumpResult, hopskipjump
 from advgen.attacks.losses import margin
 from advgen.attacks.pgd import pgd, sweep
 from advgen.attacks.registry import ATTACKS, LatentSpace, build, true_manifold, validate
@@ -19,7 +20,7 @@ from advgen.attacks.result import AttackResult
 from advgen.attacks.threat import L1Ball, L2Ball, LatentBall, LinfBall, TransformBall
 
 __all__ = [
-    'ATTACKS', 'AttackResult', 'L1Ball', 'L2Ball', 'LatentBall', 'LatentSpace', 'LinfBall',
-    'TransformBall', 'build', 'carlini_wagner_l2', 'deepfool', 'fgsm', 'margin', 'pgd', 'sweep',
-    'true_manifold', 'validate'
+    'ATTACKS', 'AttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball', 'LatentBall',
+    'LatentSpace', 'LinfBall', 'TransformBall', 'build', 'carlini_wagner_l2', 'deepfool', 'fgsm',
+    'hopskipjump', 'margin', 'pgd', 'sweep', 'true_manifold', 'validate'
 ]

@@ -21,6 +21,7 @@ from advgen.attacks import threat as threats
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fgsm import fgsm
+from advgen.attacks.hopskipjump import hopskipjump
 from advgen.attacks.pgd import pgd
 from advgen.errors import UserError
 
@@ -54,6 +55,7 @@ class _Entry:
   threat: Callable = None  # (batch, epsilon, settings, manifolds) -> threat model; None: minimal
   manifold: str = None  # the entry of `manifolds` the attack needs
   extra: tuple = ()  # settings the entry consumes itself
+  needs_key: bool = False  # a minimal attack that draws random numbers (HopSkipJump)
 
 
 def _image(kind):
@@ -86,6 +88,7 @@ ATTACKS = {
     'on_learned_manifold': _Entry(pgd, _latent('learned'), manifold='learned'),
     'deepfool': _Entry(deepfool),
     'cw_l2': _Entry(carlini_wagner_l2),
+    'hopskipjump': _Entry(hopskipjump, needs_key=True),
 }
 
 # Settings of the engines that the pipeline supplies itself.
@@ -163,8 +166,8 @@ def build(spec, manifolds=None):
   if make_threat is None:
 
     def attack(logits_fn, batch, key):
-      del key
-      return entry.engine(logits_fn, batch['image'], batch['label'], **settings)
+      keys = (key,) if entry.needs_key else ()
+      return entry.engine(logits_fn, batch['image'], batch['label'], *keys, **settings)
 
   else:
 
