@@ -19,10 +19,15 @@ def get_config(num_train=None):
       name='adam', learning_rate=0.01, b1=0.9, lr_decay=0.95, weight_decay=1e-4))
   # Training variant (advgen/train/variants.py) and every variant's settings, so that any can be
   # chosen and tuned from the command line: --config.variant.name=adversarial
-  # --config.variant.epsilon=0.1. Adversarial ones: L-inf PGD with Adam (Stutz et al.);
-  # augmentation: affine parameters up to `radius` around the identity.
+  # --config.variant.epsilon=0.1. Adversarial ones (adversarial, on_true_manifold,
+  # adversarial_transformation, combined): PGD with Adam, every step (Stutz et al.); combined
+  # splits the adversarial half between `mix` by `fractions`; trades: signed steps of
+  # `trades_step_size` on the KL term, loss CE + beta * KL (Zhang et al.); augmentation: affine
+  # parameters up to `radius` around the identity.
   config.variant = ml_collections.ConfigDict(dict(
-      name='normal', epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1))
+      name='normal', epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1,
+      mix=('adversarial', 'on_true_manifold'), fractions=(0.5, 0.5), beta=6.0,
+      trades_step_size=0.03))
   config.batch_size = 100
   config.num_epochs = 20
   config.eval_batch_size = 500

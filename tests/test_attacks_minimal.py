@@ -46,7 +46,7 @@ def test_deepfool_is_exact_in_one_step_on_a_binary_linear_model(norm):
 
 def test_deepfool_finds_the_nearest_of_many_linear_boundaries():
   distances, y = _distances_to_boundaries(multi, _W_MULTI, 'l2')
-  res = attacks.get('deepfool')()(multi, _X, jnp.asarray(y), None)
+  res = attacks.build({'attack': 'deepfool'})(multi, {'image': _X, 'label': jnp.asarray(y)}, None)
   assert np.all(res.success)
   np.testing.assert_allclose(res.distance, 1.02 * distances.min(-1), rtol=1e-4)
 
@@ -86,6 +86,7 @@ def test_constant_classifier_is_never_fooled():
   res = attacks.deepfool(constant, _X, y, max_iter=5)
   assert not np.any(res.success)
   np.testing.assert_array_equal(res.x_adv, _X)
-  cw = attacks.get('cw_l2')(binary_search_steps=2, num_steps=5)(constant, _X, y, None)
+  cw = attacks.build({'attack': 'cw_l2', 'binary_search_steps': 2, 'num_steps': 5})(
+      constant, {'image': _X, 'label': y}, None)
   assert not np.any(cw.success)
   np.testing.assert_array_equal(cw.x_adv, _X)

@@ -7,10 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from advgen import transforms
 from advgen.errors import UserError
 from advgen.studies import runs
-from advgen.train import classifier, trainer, variants, workdir as workdir_lib
+from advgen.train import classifier, workdir as workdir_lib
 from conftest import ROOT, configured, killed_after_step, record_steps
 
 TINY = os.path.join(ROOT, 'configs', 'fonts_tiny.py')
@@ -183,49 +182,6 @@ def test_adversarial_training_plugs_into_the_same_loop(tmp_path):
   assert 0 <= results['mean']['test_error'] <= 1
   logged = [r for r in workdir_lib.MetricWriter(str(tmp_path)).read() if 'loss' in r['per_model']]
   assert all(np.isfinite(r['mean']['loss']) for r in logged)
-
-
-def _cross_entropy(logits_fn, x, y):
-  import optax
-  return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits_fn(x), y))
-
-
-@pytest.mark.parametrize('name', ['adversarial', 'fast', 'adversarial_transformation'])
-def test_adversarial_batch_is_clean_plus_attacked_copies_of_higher_loss(name):
-  w = jax.random.normal(jax.random.key(0), (28 * 28, 10))
-  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
-  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
-  y = jax.numpy.arange(6) % 10
-  font = jax.numpy.arange(6) + 100
-  config = tiny_config(**{'variant.name': name, 'variant.epsilon': 0.1, 'variant.num_steps': 5,
-                          'variant.step_size': 0.01})
-  batch = variants.batch_transform(config)(logits_fn, {'image': x, 'label': y, 'font': font},
-                                           jax.random.key(2))
-  xs = batch['image']
-  assert xs.shape == (12, 28, 28, 1)
-  np.testing.assert_array_equal(xs[:6], x)
-  np.testing.assert_array_equal(batch['label'], np.concatenate([y, y]))
-  np.testing.assert_array_equal(batch['font'], np.concatenate([font, font]))  # latents follow
-  assert 0 < np.abs(np.asarray(xs[6:] - x)).max()
-  if name != 'adversarial_transformation':
-    assert np.abs(np.asarray(xs[6:] - x)).max() <= 0.1 + 1e-6
-  # Attacked away from the label: every copy's loss under the current model is higher.
-  assert np.all(_cross_entropy(logits_fn, xs[6:], y) > _cross_entropy(logits_fn, x, y))
-
-
-def test_augmentation_transforms_images_and_keeps_labels():
-  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
-  y = jax.numpy.arange(6) % 10
-  batch = variants.augmentation(0.1, np.asarray(transforms.RANGES['hard']))(
-      None, {'image': x, 'label': y}, jax.random.key(2))
-  assert batch['image'].shape == x.shape and not np.allclose(batch['image'], x)
-  np.testing.assert_array_equal(batch['label'], y)
-
-
-def test_variant_settings_come_from_the_command_line_config(tmp_path):
-  """Every variant's settings live in configs/fonts.py: choosing one needs only its name."""
-  for name in variants.VARIANTS:
-    variants.batch_transform(tiny_config(**{'variant.name': name}))
 
 
 def test_checkpoints_of_every_epoch_are_kept_when_asked(tmp_path):

@@ -28,12 +28,11 @@ def validate(config):
 
 def make_step(module, tx, config):
   """One classifier's update on a batch dict, with the configured training variant."""
-  batch_transform = variants.batch_transform(config)
+  variant = variants.get(config)
 
   def step(state, batch, key, shared):
     del shared
-    return steps.train_step(state, batch, key, module=module, tx=tx,
-                            batch_transform=batch_transform)
+    return steps.train_step(state, batch, key, module=module, tx=tx, variant=variant)
 
   return step
 

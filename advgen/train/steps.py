@@ -1,7 +1,8 @@
 """The classifier's step function: one update on a (possibly transformed) batch dict.
 
-Training variants differ only in `batch_transform(logits_fn, batch, key) -> batch`, applied to
-each batch with its own key before the update, so one step and one loop serve them all.
+Training variants differ only in their `Variant` (`variants.py`): a batch transformation applied
+to each batch with its own key before the update, and the loss of the transformed batch, so one
+step and one loop serve them all.
 """
 
 import jax
@@ -11,27 +12,22 @@ import optax
 from advgen import models
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def train_step(state, batch, key, *, module, tx, batch_transform):
+def train_step(state, batch, key, *, module, tx, variant):
   """One optimizer update on `batch` (image, label, ...); returns the new state and scalar
   metrics."""
   transform_key, dropout_key = jax.random.split(key)
   attacker_view = models.logits_fn(module, state.variables)
-  batch = jax.lax.stop_gradient(batch_transform(attacker_view, batch, transform_key))
-  x, y = batch['image'], batch['label']
+  batch = jax.lax.stop_gradient(variant.transform(attacker_view, batch, transform_key))
 
   def loss_fn(params):
-    logits, batch_stats = models.apply_train(module, {**state.variables, 'params': params}, x,
-                                             dropout_key)
-    return cross_entropy(logits, y), (logits, batch_stats)
+    logits, batch_stats = models.apply_train(module, {**state.variables, 'params': params},
+                                             batch['image'], dropout_key)
+    return variant.loss(logits, batch), (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
-  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
              'grad_norm': optax.tree.norm(grads)}
   return new_state, metrics
