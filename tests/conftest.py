@@ -5,7 +5,9 @@ every test (and the scripts tests start as subprocesses) compile each program on
 """
 
 import contextlib
+import fcntl
 import os
+import shutil
 import tempfile
 
 import jax
@@ -66,14 +68,32 @@ def killed_after_step(monkeypatch, step):
   monkeypatch.setattr(workdir_lib.MetricWriter, 'write', write)
 
 
+def built_once(tmp_path_factory, name, build):
+  """A directory `build(path)` fills once per test session, shared by every xdist worker (the
+  first to take the lock builds it; the others wait and reuse it). Tests must not change it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the workers' common base directory
+  path, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      build(str(path))
+      done.touch()
+  return str(path)
+
+
 @pytest.fixture(scope='session')
 def trained_tiny(tmp_path_factory):
-  """(workdir, results) of configs/fonts_tiny.py: two fonts classifiers, trained once."""
+  """(workdir, results) of configs/fonts_tiny.py: two fonts classifiers, trained once per
+  session."""
   from advgen.cli import load_config
   from advgen.train import classifier
-  workdir = str(tmp_path_factory.mktemp('trained_tiny'))
   config = load_config(os.path.join(ROOT, 'configs', 'fonts_tiny.py'))
-  return workdir, classifier.train(config, workdir)
+  workdir = built_once(tmp_path_factory, 'trained_tiny', lambda path: classifier.train(config,
+                                                                                       path))
+  return workdir, workdir_lib.read_json(os.path.join(workdir, 'results.json'))
 
 
 @pytest.fixture(scope='session')
