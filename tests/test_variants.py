@@ -136,3 +136,47 @@ def test_every_variant_builds_from_the_base_config_by_name():
 def test_bad_variant_settings_are_user_errors(overrides, message):
   with pytest.raises(UserError, match=message):
     variants.get(configured(TINY, **overrides))
+
+
+def _adam_count(state):
+  counts = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+            if 'count' in jax.tree_util.keystr(path)]
+  return int(np.asarray(counts[0]).reshape(-1)[0])
+
+
+def test_free_training_replays_each_batch_and_carries_its_perturbation():
+  from advgen.train import classifier, steps, trainer
+  config = configured(TINY, num_models=1, **{'variant.name': 'free', 'variant.epsilon': 0.1,
+                                             'variant.replays': 3, 'model.name': 'mlp'})
+  dataset = data.load(config.dataset)
+  setup = classifier.build(config, dataset)
+  step = trainer.train_step(setup, trainer.batch_dict(dataset, 'train'))
+  state, _ = step(setup.state, 0)
+  delta = np.asarray(state.delta)
+  assert delta.shape == (1, config.batch_size, 28, 28, 1)
+  assert 0 < np.abs(delta).max() <= 0.1 + 1e-6
+  assert _adam_count(state) == 3  # three weight updates per batch
+  after, _ = step(state, 1)
+  assert _adam_count(after) == 6
+  restarted, _ = step(state.replace(delta=jnp.zeros_like(state.delta)), 1)
+  assert not np.allclose(after.delta, restarted.delta)  # the perturbation carries over
+  # The learning rate still decays once per epoch of batches, not per update.
+  lr, decay = config.optimizer.learning_rate, config.optimizer.lr_decay
+  assert float(setup.schedule(setup.steps_per_epoch - 1)) == pytest.approx(lr)
+  assert float(setup.schedule(setup.steps_per_epoch)) == pytest.approx(lr * decay)
+
+
+def test_free_training_perturbation_ascends_the_loss():
+  from advgen import models
+  from advgen.train import state as state_lib, steps
+  module = models.classifier('mlp', 10, features=(16,))
+  tx = optax.sgd(0.0)  # weights fixed: only the perturbation moves
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  batch = {'image': x, 'label': jnp.arange(4)}
+  state = state_lib.create(module, tx, jax.random.key(0), (28, 28, 1), delta_shape=x.shape)
+  new, _ = steps.free_train_step(state, batch, jax.random.key(2), module=module, tx=tx,
+                                 epsilon=0.05, replays=2)
+  loss = lambda v: float(optax.softmax_cross_entropy_with_integer_labels(
+      module.apply(state.variables, v), batch['label']).mean())
+  assert np.abs(np.asarray(new.delta)).max() == pytest.approx(0.05)
+  assert loss(jnp.clip(x + new.delta, 0, 1)) > loss(x)

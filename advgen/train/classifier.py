@@ -32,6 +32,9 @@ def make_step(module, tx, config):
 
   def step(state, batch, key, shared):
     del shared
+    if variant.replays > 1:
+      return steps.free_train_step(state, batch, key, module=module, tx=tx,
+                                   epsilon=variant.epsilon, replays=variant.replays)
     return steps.train_step(state, batch, key, module=module, tx=tx, variant=variant)
 
   return step
@@ -45,8 +48,11 @@ def build(config, dataset, models_=None):
   pools = np.tile(np.arange(num_train, dtype=np.int32), (config.num_models, 1))
   counts = np.full(config.num_models, num_train)
   settings = ml_collections.ConfigDict({'variant': config.variant, 'dataset': config.dataset})
-  return trainer.build(config, module, make_step, dataset.input_shape, pools, counts,
-                       models=models_, settings=settings)
+  free = config.variant.name == 'free'
+  return trainer.build(
+      config, module, make_step, dataset.input_shape, pools, counts, models=models_,
+      settings=settings, updates_per_step=config.variant.replays if free else 1,
+      delta_shape=(config.batch_size,) + tuple(dataset.input_shape) if free else None)
 
 
 def error_rates(module, variables, x, y, batch_size):

@@ -39,6 +39,13 @@ class AveragedTrainState(TrainState):
     return self.ema_params
 
 
+@flax.struct.dataclass
+class PerturbedTrainState(TrainState):
+  """A state that also carries an input perturbation from step to step, as free adversarial
+  training does (Shafahi et al., 2019). A subclass, so that plain checkpoints keep their layout."""
+  delta: Any
+
+
 def optimizer(config, steps_per_epoch):
   """(optax transform, learning-rate schedule) from config.optimizer.
 
@@ -66,12 +73,16 @@ def optimizer(config, steps_per_epoch):
   return tx, schedule
 
 
-def create(module, tx, key, input_shape, average=False):
-  """Initial state; with `average`, one that also keeps a moving average of its params."""
+def create(module, tx, key, input_shape, average=False, delta_shape=None):
+  """Initial state; with `average`, one that also keeps a moving average of its params; with
+  `delta_shape`, one that carries a zero perturbation of that shape."""
   variables = models.init(module, key, input_shape)
   params = variables['params']
   if average:
     return AveragedTrainState(params, variables.get('batch_stats'), tx.init(params), params)
+  if delta_shape is not None:
+    return PerturbedTrainState(params, variables.get('batch_stats'), tx.init(params),
+                               jax.numpy.zeros(delta_shape, jax.numpy.float32))
   return TrainState(params, variables.get('batch_stats'), tx.init(params))
 
 

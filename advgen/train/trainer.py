@@ -80,14 +80,16 @@ def validate_common(config):
 
 
 def build(config, module, make_step, input_shape, pools, counts, *, models=None,
-          over=stacked.over_models, settings=None):
+          over=stacked.over_models, settings=None, updates_per_step=1, delta_shape=None):
   """The Setup of `models` (default: all) of a run whose model k draws from `pools[k]`.
 
   `make_step(module, tx, settings)` returns `step(state, batch, key, shared) -> (state, metrics)`
   for one model; `settings` (default: the whole config) is what it reads. Programs are cached on
   their settings, so runs with the same config in one process (a resumed run, tests) compile
   once. The number of steps per epoch comes from the smallest pool, so a model trained alone
-  takes exactly the steps it takes among the others.
+  takes exactly the steps it takes among the others. A step that makes `updates_per_step`
+  optimizer updates (free adversarial training) decays the learning rate once per epoch all the
+  same; `delta_shape` gives each state a carried perturbation of that shape.
   """
   total = len(counts)
   models = tuple(range(total)) if models is None else tuple(int(k) for k in models)
@@ -101,7 +103,7 @@ def build(config, module, make_step, input_shape, pools, counts, *, models=None,
   ema_decay = float(config.get('ema_decay', 0.0))
   schedule, init, multi_step = _programs(
       make_step, module, _frozen(config.optimizer), _frozen(settings), steps_per_epoch,
-      config.batch_size, tuple(input_shape), ema_decay, over)
+      config.batch_size, tuple(input_shape), ema_decay, over, updates_per_step, delta_shape)
   keys = stacked.model_keys(config.seed, total)[jnp.asarray(models)]
   index = np.asarray(models)
   return Setup(module, init(keys), schedule, multi_step, steps_per_epoch, config.batch_size, keys,
@@ -114,12 +116,15 @@ def _frozen(config):
 
 @functools.lru_cache(maxsize=8)
 def _programs(make_step, module, optimizer, settings, steps_per_epoch, batch_size, input_shape,
-              ema_decay, over):
-  """(schedule, jitted init, jitted multi-model step), cached on their static settings."""
-  tx, schedule = state_lib.optimizer(ml_collections.ConfigDict(json.loads(optimizer)),
-                                     steps_per_epoch)
+              ema_decay, over, updates_per_step, delta_shape):
+  """(schedule of steps, jitted init, jitted multi-model step), cached on their static
+  settings."""
+  tx, update_schedule = state_lib.optimizer(ml_collections.ConfigDict(json.loads(optimizer)),
+                                            steps_per_epoch * updates_per_step)
+  schedule = lambda step: update_schedule(step * updates_per_step)
   init = jax.jit(jax.vmap(lambda k: state_lib.create(
-      module, tx, jax.random.fold_in(k, _INIT), input_shape, average=ema_decay > 0)))
+      module, tx, jax.random.fold_in(k, _INIT), input_shape, average=ema_decay > 0,
+      delta_shape=delta_shape)))
   step_fn = make_step(module, tx, ml_collections.ConfigDict(json.loads(settings)))
   multi_step = jax.jit(functools.partial(
       _multi_step, step_fn=step_fn, over=over, batch_size=batch_size,

@@ -28,6 +28,8 @@ class Variant(NamedTuple):
   """What a training variant changes in the one train step."""
   transform: Callable  # (logits_fn, batch, key) -> batch
   loss: Callable = cross_entropy  # (logits, transformed batch) -> scalar
+  replays: int = 1  # > 1: free adversarial training's replays of each batch, with this epsilon
+  epsilon: float = 0.0
 
 
 def normal(logits_fn, batch, key):
@@ -173,6 +175,13 @@ def trades_copy(epsilon, num_steps, step_size):
   return transform
 
 
+def _free(config):
+  """Free adversarial training (Shafahi et al., 2019): each batch replayed `replays` times, the
+  perturbation carried over (`steps.free_train_step`). Divide num_epochs by `replays` for the
+  paper's budget of updates."""
+  return Variant(normal, replays=config.variant.replays, epsilon=config.variant.epsilon)
+
+
 def _trades(config):
   variant = config.variant
   return Variant(trades_copy(variant.epsilon, variant.num_steps, variant.trades_step_size),
@@ -210,12 +219,14 @@ VARIANTS = {
     'on_true_manifold': _on_true_manifold,
     'combined': _combined,
     'trades': _trades,
+    'free': _free,
 }
 _PGD = ('epsilon', 'num_steps', 'step_size')
 # The config.variant fields each variant reads.
 _USES = {'normal': (), 'augmentation': ('radius',), 'adversarial': _PGD, 'fast': ('epsilon',),
          'adversarial_transformation': _PGD, 'on_true_manifold': _PGD, 'combined': _PGD,
-         'trades': ('epsilon', 'num_steps', 'trades_step_size', 'beta')}
+         'trades': ('epsilon', 'num_steps', 'trades_step_size', 'beta'),
+         'free': ('epsilon', 'replays')}
 
 
 def validate(config):
@@ -228,7 +239,7 @@ def validate(config):
     if field not in variant:
       raise UserError(f'training variant {variant.name!r} needs config.variant.{field}')
     value = variant[field]
-    integer = field == 'num_steps'
+    integer = field in ('num_steps', 'replays')
     if not isinstance(value, int if integer else (int, float)) or value <= 0:
       kind = 'a positive integer' if integer else 'a positive number'
       raise UserError(f'config.variant.{field} must be {kind}, got {value!r}')
