@@ -5,7 +5,10 @@ a dict of per-example arrays: `image` and `label`, plus the latent codes on-mani
 perturb (fonts' `font` and `theta`, a generator's `code`). Training variants, the attack
 pipeline and studies all build attacks this way. Settings are the attack function's keyword
 arguments plus the radius `epsilon` where there is one; `step_rule: 'adam'` with `step_size`
-is Stutz et al.'s Adam on the perturbation. `validate(spec)` checks an entry without running it.
+is Stutz et al.'s Adam on the perturbation; `start: 'uniform' | 'gaussian_linf'` picks the random
+start of L-inf attacks (`threat.STARTS`; 'gaussian_linf' is Stutz et al.'s). `validate(spec)`
+checks an entry without running it; `settings(spec)` is the entry with the defaults a result
+should record (the start used).
 """
 
 import dataclasses
@@ -17,6 +20,7 @@ import numpy as np
 import optax
 
 from advgen import transforms
+from advgen.models import generators
 from advgen.attacks import threat as threats
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
@@ -45,6 +49,19 @@ def true_manifold(manifold):
   return LatentSpace(decode, 'theta', np.asarray(manifold.ranges, np.float32))
 
 
+def learned_manifold(module, variables, box):
+  """Class-specific generators over their latent codes `code`, each example decoded by the
+  generator of its true class `label` (Stutz et al., eq. 3), inside `box` = (low, high), e.g. the
+  [min, max] of the test codes; `module, variables` are stacked class models
+  (`studies.runs.load_generators`)."""
+  decode_y = generators.decode_fn(module, variables)
+
+  def decode(code, batch):
+    return decode_y(code, batch['label'])
+
+  return LatentSpace(decode, 'code', np.asarray(box, np.float32))
+
+
 def _ball(kind):
   return {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}[kind]
 
@@ -59,7 +76,13 @@ class _Entry:
 
 
 def _image(kind):
-  return lambda batch, epsilon, settings, manifolds: _ball(kind)(batch['image'], epsilon)
+
+  def make(batch, epsilon, settings, manifolds):
+    if 'start' in settings:  # only the L-inf entries accept it
+      return _ball(kind)(batch['image'], epsilon, start=settings.pop('start'))
+    return _ball(kind)(batch['image'], epsilon)
+
+  return make
 
 
 def _transform(batch, epsilon, settings, manifolds):
@@ -73,19 +96,20 @@ def _latent(name):
 
   def make(batch, epsilon, settings, manifolds):
     space = manifolds[name]
-    return threats.LatentBall(space.decode, batch[space.field], epsilon, space.box, batch)
+    return threats.LatentBall(space.decode, batch[space.field], epsilon, space.box, batch,
+                              start=settings.pop('start', 'uniform'))
 
   return make
 
 
 ATTACKS = {
-    'pgd_linf': _Entry(pgd, _image('linf')),
+    'pgd_linf': _Entry(pgd, _image('linf'), extra=('start',)),
     'pgd_l2': _Entry(pgd, _image('l2')),
     'pgd_l1': _Entry(pgd, _image('l1')),
-    'fgsm': _Entry(fgsm, _image('linf')),
+    'fgsm': _Entry(fgsm, _image('linf'), extra=('start',)),
     'transform': _Entry(pgd, _transform, extra=('ranges',)),
-    'on_true_manifold': _Entry(pgd, _latent('true'), manifold='true'),
-    'on_learned_manifold': _Entry(pgd, _latent('learned'), manifold='learned'),
+    'on_true_manifold': _Entry(pgd, _latent('true'), manifold='true', extra=('start',)),
+    'on_learned_manifold': _Entry(pgd, _latent('learned'), manifold='learned', extra=('start',)),
     'deepfool': _Entry(deepfool),
     'cw_l2': _Entry(carlini_wagner_l2),
     'hopskipjump': _Entry(hopskipjump, needs_key=True),
@@ -131,11 +155,24 @@ def validate(spec, where='attack'):
                       f'{settings[key]!r}')
   if settings.get('step_rule') == 'adam' and 'step_size' not in settings:
     raise UserError(f'{where} {name!r}: step_rule adam needs a step_size (its learning rate)')
+  if 'start' in settings and settings['start'] not in threats.STARTS:
+    raise UserError(f'{where} {name!r}: unknown start {settings["start"]!r}'
+                    f'{_closest(str(settings["start"]), threats.STARTS)}; choose one of '
+                    f'{", ".join(threats.STARTS)}')
   ranges = settings.get('ranges')
   if isinstance(ranges, str) and ranges not in transforms.RANGES:
     raise UserError(f'unknown transformation ranges {ranges!r}; choose one of '
                     f'{", ".join(transforms.RANGES)}')
   return name
+
+
+def settings(spec):
+  """The config entry as a plain dict with the defaults a result should record: the random
+  start of L-inf attacks ('uniform' unless set)."""
+  out = dict(spec)
+  if 'start' in ATTACKS[validate(spec)].extra:
+    out.setdefault('start', 'uniform')
+  return out
 
 
 def needs_manifold(spec):
