@@ -76,3 +76,71 @@ def test_toy_manifolds_are_exact_and_in_the_box():
   np.testing.assert_array_equal(circle.y_train, (np.mod(z, 1.0) >= 0.5).astype(np.int32))
   for dataset in (spheres, circle):
     assert dataset.x_train.min() >= 0 and dataset.x_train.max() <= 1
+
+
+# Generated splits: test drawn with its own key, both from the config's seed.
+
+def _rows(a):
+  return {row.tobytes() for row in np.asarray(a).reshape(len(a), -1)}
+
+
+@pytest.mark.parametrize('name, extra', [('spheres', {'dim': 3}), ('circle', {}),
+                                         ('fonts', {'difficulty': 'easy'})])
+def test_generated_test_split_is_disjoint_from_train_and_follows_the_seed(name, extra):
+  """A test split drawn with the training key repeats training points (train/test leakage)."""
+  config = _config(name=name, num_train=40, num_test=30, **extra)
+  dataset = data.load(config)
+  assert dataset.x_test.shape[0] == 30 and dataset.x_train.shape[0] == 40
+  latent = 'theta' if name == 'fonts' else 'z'
+  train_latents, test_latents = dataset.latents['train'][latent], dataset.latents['test'][latent]
+  assert not _rows(train_latents) & _rows(test_latents)
+  assert not _rows(dataset.x_train) & _rows(dataset.x_test)
+  # The rendered test images are the generator at the test latents.
+  if name == 'fonts':
+    rendered = dataset.manifold.render(dataset.latents['test']['font'], dataset.y_test,
+                                       test_latents)
+    np.testing.assert_allclose(rendered, dataset.x_test, atol=1e-5)
+  again = data.load(config)
+  np.testing.assert_array_equal(again.x_train, dataset.x_train)
+  np.testing.assert_array_equal(again.x_test, dataset.x_test)
+  config.seed = 1
+  other = data.load(config)
+  assert not _rows(other.x_train) & _rows(dataset.x_train)
+  assert not _rows(other.x_test) & _rows(dataset.x_test)
+
+
+def test_circle_and_sphere_latents_are_standard_normal():
+  circle = data.load(_config(name='circle', num_train=4000, num_test=10))
+  z = circle.latents['train']['z']
+  assert abs(z.mean()) < 0.06 and abs(z.std() - 1) < 0.05
+  np.testing.assert_allclose(circle.x_train, toy.Circle().generate(z), atol=1e-6)
+  spheres = data.load(_config(name='spheres', num_train=4000, num_test=10, dim=4))
+  directions = (spheres.x_train - toy.CENTRE) / np.linalg.norm(
+      spheres.x_train - toy.CENTRE, axis=1, keepdims=True)
+  np.testing.assert_allclose(directions.mean(0), 0.0, atol=0.05)  # all orientations
+
+
+# tfds subsets.
+
+def test_tfds_seed_changes_the_subset_and_subsets_have_no_repeats():
+  with tfds_lib.testing.mock_data(num_examples=40):
+    full, full_labels = tfds.load('mnist', 'train')
+    subsets = {seed: tfds.load('mnist', 'train', num=10, seed=seed) for seed in (0, 1, 2)}
+  assert full.shape[0] == 40 and len(_rows(full)) == 40  # mock images are distinct
+  index = {row.tobytes(): i for i, row in enumerate(full.reshape(40, -1))}
+  picked = {}
+  for seed, (images, labels) in subsets.items():
+    rows = [index[r.tobytes()] for r in images.reshape(10, -1)]
+    assert len(set(rows)) == 10  # without replacement
+    assert rows == sorted(rows)  # in source order
+    np.testing.assert_array_equal(labels, full_labels[rows])  # labels stay with their images
+    picked[seed] = rows
+  assert picked[0] != picked[1] and picked[1] != picked[2] and picked[0] != picked[2]
+
+
+def test_tfds_config_seed_changes_both_splits():
+  with tfds_lib.testing.mock_data(num_examples=30):
+    a = data.load(_config(name='mnist', num_train=8, num_test=8, seed=0))
+    b = data.load(_config(name='mnist', num_train=8, num_test=8, seed=5))
+  assert _rows(a.x_train) != _rows(b.x_train)
+  assert _rows(a.x_test) != _rows(b.x_test)
