@@ -49,7 +49,10 @@ def test_each_key_gives_its_own_start_and_the_same_key_the_same():
                attacks.LatentBall(lambda z: z, jnp.zeros((4, 10)), EPS, (-2.0, 2.0),
                                   start='gaussian_linf')):
     np.testing.assert_array_equal(offsets(ball, 1), offsets(ball, 1))
-    assert not np.allclose(offsets(ball, 1), offsets(ball, 2))
+    one, two = offsets(ball, 1), offsets(ball, 2)
+    direction = lambda v: v / np.asarray(norms.linf(v)).reshape((-1,) + (1,) * (v.ndim - 1))
+    assert not np.allclose(norms.linf(one), norms.linf(two))  # the key draws the scale u
+    assert not np.allclose(direction(one), direction(two), atol=0.05)  # and the direction
     per_example = np.asarray(norms.linf(offsets(ball, 1)))
     assert len(np.unique(per_example)) == 4  # u is drawn per example
 
