@@ -1,6 +1,5 @@
 """The batched k-NN classifier against a brute-force numpy k-NN."""
 
-import jax
 import numpy as np
 import pytest
 
