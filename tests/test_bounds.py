@@ -248,3 +248,65 @@ def test_figure2_curve(tmp_path):
   from advgen.report import bounds as bounds_report
   path = bounds_report.plot_figure2(curves, tmp_path / 'figure2.png')
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# Exact values of the closed forms, not only brackets: a wrong constant stays inside a bracket.
+
+def test_equiprobable_closed_form_exact_values():
+  """1 - sqrt(pi/2) exp(-t^2/2) exp(-t sqrt(log(K^2 / (4 pi log K)))), computed here by hand."""
+  for k, t in [(5, 0.5), (10, 1.0), (100, 2.0), (10_000, 0.3)]:
+    rate = np.sqrt(np.log(k ** 2 / (4 * np.pi * np.log(k))))
+    expected = 1 - np.sqrt(np.pi / 2) * np.exp(-t ** 2 / 2) * np.exp(-t * rate)
+    assert bounds.isoperimetric_probability_equiprobable(t, k) == pytest.approx(expected, rel=1e-12)
+  # K = 10, t = 1: rate = sqrt(log(100 / (4 pi log 10))) = 1.1136..., bound 0.7504...
+  assert bounds.isoperimetric_probability_equiprobable(1.0, 10) == pytest.approx(0.75038, abs=1e-4)
+  # The radius solves t^2/2 + rate t = log(sqrt(pi/2) / (1 - p)).
+  rate = np.sqrt(np.log(100 / (4 * np.pi * np.log(10))))
+  t = bounds.robustness_upper_bound_equiprobable(0.5, 10)
+  assert t ** 2 / 2 + rate * t == pytest.approx(np.log(np.sqrt(np.pi / 2) / 0.5), rel=1e-12)
+
+
+def test_small_classes_radius_exact_value():
+  """t = sqrt(2 log(sqrt(pi/2) / (1 - p))): p = 0.5 gives 1.3557..."""
+  for p in (0.25, 0.5, 0.9):
+    expected = np.sqrt(2 * np.log(np.sqrt(np.pi / 2) / (1 - p)))
+    assert bounds.robustness_upper_bound_small_classes(p, [0.5, 0.5]) == pytest.approx(
+        expected, rel=1e-12)
+  assert bounds.robustness_upper_bound_small_classes(0.5, [0.5, 0.5]) == pytest.approx(
+      1.3557, abs=1e-4)
+
+
+def test_general_bound_exact_values():
+  """Theorem 1 by hand: K = 10, t = 1 is 1 - 10 Phibar(Phi^-1(0.9) + 1) = 0.8874 (DESIGN.md)."""
+  expected = 1 - 10 * stats.norm.sf(stats.norm.ppf(0.9) + 1.0)
+  assert bounds.isoperimetric_probability(1.0, bounds.equiprobable(10)) == pytest.approx(
+      expected, rel=1e-12)
+  probs = np.array([0.1, 0.2, 0.7])
+  expected = 1 - np.sum(stats.norm.sf(stats.norm.isf(probs) + 0.8))
+  assert bounds.isoperimetric_probability(0.8, probs) == pytest.approx(expected, rel=1e-12)
+  # Its inversion: K = 2, p = 0.25 and 0.5 are Phi^-1(0.625) and Phi^-1(0.75).
+  np.testing.assert_allclose(bounds.robustness_upper_bound([0.25, 0.5], [0.5, 0.5]),
+                             stats.norm.ppf([0.625, 0.75]), rtol=1e-10)
+
+
+def test_expected_robustness_exact_value():
+  """Theorem 4, K = 10 equiprobable: sum_i [phi(a) - a P_i] with a = Phi^-1(0.9)."""
+  a = stats.norm.ppf(0.9)
+  expected = 10 * (stats.norm.pdf(a) - a * 0.1)
+  assert bounds.expected_robustness_upper_bound(bounds.equiprobable(10)) == pytest.approx(
+      expected, rel=1e-12)
+  assert bounds.expected_robustness_upper_bound(bounds.equiprobable(10), bounds.Affine(2.0, 0.5),
+                                                delta=0.25) == pytest.approx(
+                                                    2 * expected + 0.5 + 0.25, rel=1e-12)
+
+
+def test_expected_gaussian_norm_exact_values():
+  """d = 2: sqrt(pi/2); d = 3: 2 sqrt(2/pi); and E||z||^2 = d bounds E||z|| by Jensen."""
+  assert bounds.expected_gaussian_norm(2) == pytest.approx(np.sqrt(np.pi / 2), rel=1e-14)
+  assert bounds.expected_gaussian_norm(3) == pytest.approx(2 * np.sqrt(2 / np.pi), rel=1e-14)
+  assert bounds.expected_gaussian_norm(10) == pytest.approx(3.0843, abs=1e-4)
+
+
+def test_transfer_probability_exact_value():
+  assert bounds.transfer_probability(1.5, 0.05) == pytest.approx(
+      1 - np.sqrt(np.pi / 2) * np.exp(-1.125) - 0.1, rel=1e-12)
