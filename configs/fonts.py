@@ -23,12 +23,14 @@ def get_config(num_train=None):
   # adversarial_transformation, combined): PGD with Adam, every step (Stutz et al.); combined
   # splits the adversarial half between `mix` by `fractions`; trades: signed steps of
   # `trades_step_size` on the KL term, loss CE + beta * KL (Zhang et al.); free: each batch
-  # replayed `replays` times with a carried perturbation (Shafahi et al.); augmentation: affine
-  # parameters up to `radius` around the identity.
+  # replayed `replays` times with a carried perturbation (Shafahi et al.); on_learned_manifold:
+  # dec_y(z + zeta) through the class-specific generators of `generator_workdir`, adversarial
+  # halves from a separate permutation (of the codes with |z|_inf <= 2 if `safe`);
+  # augmentation: affine parameters up to `radius` around the identity.
   config.variant = ml_collections.ConfigDict(dict(
       name='normal', epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1,
       mix=('adversarial', 'on_true_manifold'), fractions=(0.5, 0.5), beta=6.0,
-      trades_step_size=0.03, replays=4))
+      trades_step_size=0.03, replays=4, generator_workdir='', safe=False))
   config.batch_size = 100
   config.num_epochs = 20
   config.eval_batch_size = 500

@@ -6,7 +6,7 @@ Run it again on the same workdir to resume after an interruption.
 """
 
 from advgen import cli
-from advgen.train import classifier
+from advgen.studies import runs
 
 _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
     'scripts/train_classifier.py', 'Experiment config file.',
@@ -15,7 +15,7 @@ _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
 
 def main(argv):
   del argv
-  results = classifier.train(_CONFIG.value, _WORKDIR.value)
+  results = runs.train_classifier(_CONFIG.value, _WORKDIR.value)
   print(f'test error {results["mean"]["test_error"]:.4f} '
         f'(per model: {results["per_model"]["test_error"]})')
 

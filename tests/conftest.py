@@ -113,3 +113,21 @@ def record_steps(monkeypatch):
 
   monkeypatch.setattr(trainer, 'train_step', recording)
   return ran
+
+
+def judged_overrides(trained_tiny):
+  """Overrides of configs/vaegan_fonts_tiny.py that add the GAN-test accuracy by the tiny fonts
+  classifiers."""
+  return {'eval.classifier_workdir': trained_tiny[0], 'eval.num_classified': 40}
+
+
+@pytest.fixture(scope='session')
+def trained_vaegan_tiny(trained_tiny, tmp_path_factory):
+  """(workdir, results) of configs/vaegan_fonts_tiny.py scored by the tiny classifiers:
+  class-specific fonts VAE-GANs, trained once per session."""
+  from advgen.studies import runs
+  config = configured(os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py'),
+                      **judged_overrides(trained_tiny))
+  workdir = built_once(tmp_path_factory, 'trained_vaegan_tiny',
+                       lambda path: runs.train_generator(config, path))
+  return workdir, workdir_lib.read_json(os.path.join(workdir, 'results.json'))

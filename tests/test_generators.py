@@ -16,7 +16,7 @@ from advgen.models import generators
 from advgen.studies import runs
 from advgen.train import generator, generator_eval, state as state_lib, trainer
 from advgen.train import workdir as workdir_lib
-from conftest import ROOT, configured, killed_after_step, record_steps
+from conftest import ROOT, configured, judged_overrides, killed_after_step, record_steps
 
 TINY = os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py')
 
@@ -27,14 +27,12 @@ def tiny_config(**overrides):
 
 @pytest.fixture(scope='module')
 def judged(trained_tiny):
-  """Overrides that add the GAN-test accuracy by the tiny fonts classifiers."""
-  return {'eval.classifier_workdir': trained_tiny[0], 'eval.num_classified': 40}
+  return judged_overrides(trained_tiny)
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory, judged):
-  workdir = str(tmp_path_factory.mktemp('vaegan_tiny'))
-  return workdir, runs.train_generator(tiny_config(**judged), workdir)
+def tiny_run(trained_vaegan_tiny):
+  return trained_vaegan_tiny
 
 
 @pytest.fixture(scope='module')

@@ -180,3 +180,56 @@ def test_free_training_perturbation_ascends_the_loss():
       module.apply(state.variables, v), batch['label']).mean())
   assert np.abs(np.asarray(new.delta)).max() == pytest.approx(0.05)
   assert loss(jnp.clip(x + new.delta, 0, 1)) > loss(x)
+
+
+@pytest.fixture(scope='module')
+def generator(trained_vaegan_tiny):
+  from advgen.studies import runs
+  _, dataset, module, variables = runs.load_generators(trained_vaegan_tiny[0])
+  return dataset, module, variables
+
+
+def test_on_learned_manifold_copies_decode_the_paired_examples_codes(generator):
+  from advgen.models import generators
+  from advgen.train import classifier
+  dataset, module, variables = generator
+  config = configured(TINY, **{'variant.name': 'on_learned_manifold', 'variant.epsilon': 0.3,
+                               'variant.num_steps': 5, 'variant.step_size': 0.05,
+                               'variant.safe': True})
+  codes, shared, pool = classifier.learned_codes(config, dataset, (module, variables))
+  norms = np.abs(codes['code']).max(axis=1)
+  assert set(pool) == set(np.flatnonzero(norms <= 2.0)) and len(pool) < len(norms)  # safe only
+  np.testing.assert_array_equal(shared['code_box'], [codes['code'].min(0), codes['code'].max(0)])
+  box = shared['code_box']
+  learned = variants.learned_space(module, variables, box)
+  take = lambda idx: {'image': jnp.asarray(dataset.x_train[idx]),
+                      'label': jnp.asarray(dataset.y_train[idx]),
+                      'code': jnp.asarray(codes['code'][idx])}
+  clean, paired = take(np.arange(6)), take(pool[:6])
+  out = variants.get(config, learned).transform(logits_fn, {**clean, 'paired': paired},
+                                                jax.random.key(3))
+  assert 'paired' not in out and out['image'].shape[0] == 12
+  np.testing.assert_array_equal(out['image'][:6], clean['image'])
+  np.testing.assert_array_equal(out['label'][6:], paired['label'])  # the paired examples' labels
+  code = np.asarray(out['code'][6:])
+  assert np.abs(code - np.asarray(paired['code'])).max() <= 0.3 + 1e-5
+  assert np.all(code >= box[0] - 1e-5) and np.all(code <= box[1] + 1e-5)
+  decoded = generators.decode_fn(module, variables)(jnp.asarray(code), paired['label'])
+  np.testing.assert_allclose(out['image'][6:], decoded, atol=1e-5)  # dec_y of the attacked code
+  before = generators.decode_fn(module, variables)(paired['code'], paired['label'])
+  assert cross_entropy(np.asarray(out['image'][6:]), paired['label']).mean() > cross_entropy(
+      np.asarray(before), paired['label']).mean()
+
+
+def test_on_learned_manifold_training_runs_from_a_generator_workdir(trained_vaegan_tiny, tmp_path):
+  from advgen.studies import runs
+  overrides = {'variant.name': 'on_learned_manifold', 'variant.num_steps': 2, 'num_models': 1,
+               'num_epochs': 1}
+  with pytest.raises(UserError, match='set config.variant.generator_workdir'):
+    runs.train_classifier(configured(TINY, **overrides), str(tmp_path / 'a'))
+  assert not os.path.exists(tmp_path / 'a')
+  overrides['variant.generator_workdir'] = trained_vaegan_tiny[0]
+  results = runs.train_classifier(configured(TINY, **overrides), str(tmp_path / 'b'))
+  assert 0 <= results['mean']['test_error'] <= 1
+  restored = runs.load_classifiers(str(tmp_path / 'b'))  # loads without the generator
+  assert restored[0].variant.name == 'on_learned_manifold'

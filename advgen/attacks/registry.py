@@ -149,7 +149,8 @@ def validate(spec, where='attack'):
   for key in ('epsilon', 'step_size', 'lr', 'c_init', 'overshoot'):
     if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
       raise UserError(f'{where} {name!r}: {key} must be a positive number, got {settings[key]!r}')
-  for key in ('num_steps', 'restarts', 'max_iter', 'binary_search_steps'):
+  for key in ('num_steps', 'restarts', 'max_iter', 'binary_search_steps', 'num_iterations',
+              'max_num_evals', 'init_num_evals'):
     if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
       raise UserError(f'{where} {name!r}: {key} must be a positive integer, got '
                       f'{settings[key]!r}')

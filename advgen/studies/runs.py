@@ -8,7 +8,7 @@ from absl import logging
 
 from advgen import data
 from advgen.errors import UserError
-from advgen.train import classifier, generator, trainer, workdir as workdir_lib
+from advgen.train import classifier, generator, trainer, variants, workdir as workdir_lib
 
 LATENTS = generator.LATENTS
 KINDS = {
@@ -75,10 +75,33 @@ def train_generator(config, workdir):
   return generator.train(config, workdir, scorers)
 
 
+def train_classifier(config, workdir):
+  """Trains classifiers in `workdir`, with the generators of config.variant.generator_workdir
+  for on-learned-manifold adversarial training; returns the results dict."""
+  trainer.begin(config, workdir)
+  classifier.validate(config)
+  generator = None
+  if variants.needs_generator(config):
+    path = config.variant.get('generator_workdir')
+    if not path:
+      raise UserError(f'training variant {config.variant.name!r} needs class-specific '
+                      'generators: set config.variant.generator_workdir to a workdir of '
+                      'scripts/train_generator.py (e.g. configs/vaegan_fonts.py)')
+    gen_config, _, module, variables = load_generators(path)
+    if gen_config.dataset.name != config.dataset.name or not gen_config.class_specific or (
+        not module.has_encoder):
+      raise UserError(f'config.variant.generator_workdir={path} must hold class-specific '
+                      f'generators with an encoder trained on {config.dataset.name!r} (it holds '
+                      f'{gen_config.model.name} on {gen_config.dataset.name!r}, class_specific='
+                      f'{gen_config.class_specific})')
+    generator = (module, variables)
+  return classifier.train(config, workdir, generator)
+
+
 def train_or_load(kind, config, workdir):
   """Trains `kind` models in `workdir` unless its results.json exists (then only loads); returns
   (config, dataset, module, variables, results)."""
-  train = KINDS[kind][0] if kind == 'classifier' else train_generator
+  train = train_classifier if kind == 'classifier' else train_generator
   path = os.path.join(workdir, trainer.RESULTS)
   if os.path.exists(path):
     workdir_lib.prepare(workdir, config)  # refuses a workdir trained with another config

@@ -29,7 +29,7 @@ from advgen.train import devices, loop, state as state_lib, workdir as workdir_l
 from advgen.train.checkpoint import Checkpoints
 
 RESULTS = 'results.json'
-_INIT, _ORDER, _STEP = 0, 1, 2  # what each model key is folded with, per purpose
+_INIT, _ORDER, _STEP, _PAIR_ORDER = 0, 1, 2, 3  # what each model key is folded with
 
 
 def batch_dict(dataset, split):
@@ -47,12 +47,14 @@ class Setup:
   module: Any
   state: Any  # the stacked initial states
   schedule: Callable  # step -> learning rate
-  multi_step: Callable  # jitted (state, order, step, data, shared, keys) -> (state, metrics)
+  multi_step: Callable  # jitted (state, orders, step, data, shared, keys) -> (state, metrics)
   steps_per_epoch: int
   batch_size: int
   keys: Any  # (K,) one key per stacked model
   pools: np.ndarray  # (K, m) example indices each model draws from, padded
   counts: np.ndarray  # (K,) how many entries of each pool are real
+  pair_pools: Any = None  # (K, m') a second pool each batch also draws a `paired` batch from
+  pair_counts: Any = None
 
   @property
   def num_models(self):
@@ -80,7 +82,8 @@ def validate_common(config):
 
 
 def build(config, module, make_step, input_shape, pools, counts, *, models=None,
-          over=stacked.over_models, settings=None, updates_per_step=1, delta_shape=None):
+          over=stacked.over_models, settings=None, updates_per_step=1, delta_shape=None,
+          pair_pools=None, pair_counts=None):
   """The Setup of `models` (default: all) of a run whose model k draws from `pools[k]`.
 
   `make_step(module, tx, settings)` returns `step(state, batch, key, shared) -> (state, metrics)`
@@ -89,7 +92,9 @@ def build(config, module, make_step, input_shape, pools, counts, *, models=None,
   once. The number of steps per epoch comes from the smallest pool, so a model trained alone
   takes exactly the steps it takes among the others. A step that makes `updates_per_step`
   optimizer updates (free adversarial training) decays the learning rate once per epoch all the
-  same; `delta_shape` gives each state a carried perturbation of that shape.
+  same; `delta_shape` gives each state a carried perturbation of that shape. With `pair_pools`,
+  every batch also holds `batch['paired']`, as many examples drawn from model k's pair pool in a
+  separate per-epoch permutation (Stutz et al.'s on-learned-manifold adversarial training).
   """
   total = len(counts)
   models = tuple(range(total)) if models is None else tuple(int(k) for k in models)
@@ -106,8 +111,9 @@ def build(config, module, make_step, input_shape, pools, counts, *, models=None,
       config.batch_size, tuple(input_shape), ema_decay, over, updates_per_step, delta_shape)
   keys = stacked.model_keys(config.seed, total)[jnp.asarray(models)]
   index = np.asarray(models)
+  pairs = (None, None) if pair_pools is None else (pair_pools[index], pair_counts[index])
   return Setup(module, init(keys), schedule, multi_step, steps_per_epoch, config.batch_size, keys,
-               pools[index], counts[index])
+               pools[index], counts[index], *pairs)
 
 
 def _frozen(config):
@@ -132,13 +138,16 @@ def _programs(make_step, module, optimizer, settings, steps_per_epoch, batch_siz
   return schedule, init, multi_step
 
 
-def _multi_step(state, order, step, data, shared, keys, *, step_fn, over, batch_size,
+def _multi_step(state, orders, step, data, shared, keys, *, step_fn, over, batch_size,
                 steps_per_epoch, sharding, ema_decay):
-  """One update of each stacked model on its own batch (rows of `order`), then of the moving
-  average of their params if one is kept."""
+  """One update of each stacked model on its own batch (rows of `orders[0]`, and a paired batch
+  from rows of `orders[1]` if given), then of the moving average of their params if kept."""
   start = (step % steps_per_epoch) * batch_size
-  index = jax.lax.dynamic_slice_in_dim(order, start, batch_size, axis=1)  # (K, B)
-  batch = jax.tree.map(lambda a: a[index], data)
+  gather = lambda order: jax.tree.map(
+      lambda a: a[jax.lax.dynamic_slice_in_dim(order, start, batch_size, axis=1)], data)
+  batch = gather(orders[0])  # (K, B, ...)
+  if orders[1] is not None:
+    batch['paired'] = gather(orders[1])
   if sharding is not None:
     batch = jax.tree.map(lambda b: jax.lax.with_sharding_constraint(b, sharding), batch)
   step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
@@ -155,15 +164,22 @@ def train_step(setup, data, shared=None):
   """`train_step(state, step) -> (state, metrics)` over the stacked models, data on device."""
   data, shared = devices.replicate((data, shared or {}))
   order_keys = jax.vmap(lambda k: jax.random.fold_in(k, _ORDER))(setup.keys)
+  pair_keys = jax.vmap(lambda k: jax.random.fold_in(k, _PAIR_ORDER))(setup.keys)
   step_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STEP))(setup.keys)
   used = setup.steps_per_epoch * setup.batch_size
 
+  def epoch_order(pools, counts, keys, epoch):
+    """(K, used) example indices: each model's pool in its own order for this epoch (repeated
+    when the pool is smaller than an epoch)."""
+    rows = [row[:count][np.asarray(_permutation(jax.random.fold_in(key, epoch), int(count)))]
+            for row, count, key in zip(pools, counts, keys)]
+    return jnp.asarray(np.stack([np.resize(r, used) for r in rows]))
+
   @functools.lru_cache(maxsize=1)
   def order_of(epoch):
-    """(K, used) example indices: each model's own pool, in its own order for this epoch."""
-    rows = [row[:count][np.asarray(_permutation(jax.random.fold_in(key, epoch), int(count)))]
-            for row, count, key in zip(setup.pools, setup.counts, order_keys)]
-    return jnp.asarray(np.stack([r[:used] for r in rows]))
+    paired = None if setup.pair_pools is None else epoch_order(
+        setup.pair_pools, setup.pair_counts, pair_keys, epoch)
+    return epoch_order(setup.pools, setup.counts, order_keys, epoch), paired
 
   def step(state, i):
     return setup.multi_step(state, order_of(i // setup.steps_per_epoch), i, data, shared,

@@ -18,6 +18,7 @@ import optax
 from advgen import attacks, transforms
 from advgen.data import fonts
 from advgen.errors import UserError
+from advgen.models import generators
 
 
 def cross_entropy(logits, batch):
@@ -182,6 +183,37 @@ def _free(config):
   return Variant(normal, replays=config.variant.replays, epsilon=config.variant.epsilon)
 
 
+def learned_space(module, variables, box):
+  """The class-specific generator as a latent space: codes in the `code` field, decoded by each
+  example's own class decoder (so the label stays valid), inside the box (2, d)."""
+  decode = generators.decode_fn(module, variables)
+  return attacks.LatentSpace(lambda z, batch: decode(z, batch['label']), 'code', box)
+
+
+def needs_generator(config):
+  return config.variant.name == 'on_learned_manifold'
+
+
+def _on_learned_manifold(config, learned):
+  """Stutz et al.'s eq. 4 with class-specific generators: the adversarial half is
+  dec_y(z + zeta), PGD with Adam on zeta (|zeta|_inf <= epsilon, every step), z + zeta inside
+  the box of the training codes, for the `paired` batch the trainer draws from a separate
+  permutation of the training set (of its safe codes with config.variant.safe)."""
+  if learned is None:  # loading a trained run: the step is never traced
+    def transform(logits_fn, batch, key):
+      raise UserError('on-learned-manifold training needs its generator: train through '
+                      'advgen.studies.runs.train_classifier')
+    return transform
+  copy = _adversarial_copy(_pgd_spec(config.variant, 'on_learned_manifold'),
+                           {'learned': learned})
+
+  def transform(logits_fn, batch, key):
+    clean = {k: v for k, v in batch.items() if k != 'paired'}
+    return _concatenate([clean, copy(logits_fn, batch['paired'], key)])
+
+  return transform
+
+
 def _trades(config):
   variant = config.variant
   return Variant(trades_copy(variant.epsilon, variant.num_steps, variant.trades_step_size),
@@ -220,13 +252,14 @@ VARIANTS = {
     'combined': _combined,
     'trades': _trades,
     'free': _free,
+    'on_learned_manifold': _on_learned_manifold,
 }
 _PGD = ('epsilon', 'num_steps', 'step_size')
 # The config.variant fields each variant reads.
 _USES = {'normal': (), 'augmentation': ('radius',), 'adversarial': _PGD, 'fast': ('epsilon',),
          'adversarial_transformation': _PGD, 'on_true_manifold': _PGD, 'combined': _PGD,
          'trades': ('epsilon', 'num_steps', 'trades_step_size', 'beta'),
-         'free': ('epsilon', 'replays')}
+         'free': ('epsilon', 'replays'), 'on_learned_manifold': _PGD}
 
 
 def validate(config):
@@ -261,8 +294,11 @@ def _validate_mix(variant):
                     f'(one per config.variant.mix entry), got {fractions}')
 
 
-def get(config):
-  """The Variant named by config.variant.name, with its settings from config.variant."""
+def get(config, learned=None):
+  """The Variant named by config.variant.name, with its settings from config.variant;
+  `learned` is the LatentSpace of on-learned-manifold training."""
   validate(config)
-  variant = VARIANTS[config.variant.name](config)
+  name = config.variant.name
+  variant = _on_learned_manifold(config, learned) if name == 'on_learned_manifold' else (
+      VARIANTS[name](config))
   return variant if isinstance(variant, Variant) else Variant(variant)
