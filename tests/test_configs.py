@@ -6,10 +6,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from advgen import data, models
+from advgen.train import classifier
 from advgen.cli import load_config
 from conftest import ROOT
 
-CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'tfds_classifier', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
+CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'fonts_augmentation', 'fonts_fast',
+                      'fonts_adversarial_transformation', 'fonts_on_true_manifold', 'fonts_combined',
+                      'fonts_trades', 'fonts_free', 'fonts_on_learned_manifold', 'tfds_classifier', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
                       'cifar10', 'celeba', 'spheres', 'circle']
 
 
@@ -23,6 +26,7 @@ def test_every_config_documents_its_command():
 @pytest.mark.parametrize('name', CLASSIFIER_CONFIGS)
 def test_classifier_configs_build(name):
   config = load_config(os.path.join(ROOT, 'configs', f'{name}.py'))
+  classifier.validate(config)  # every setting in range, every variant's settings present
   with config.unlocked():
     config.dataset.num_train, config.dataset.num_test = 20, 10
   with tfds.testing.mock_data(num_examples=30):
