@@ -107,6 +107,23 @@ def test_script_refuses_a_finished_workdir_with_one_line(tiny):
   assert 'already exists' in proc.stderr
 
 
+@pytest.mark.parametrize('overrides, message', [
+    ({'modulus.quantile': 1.5}, r'modulus.quantile must be in \(0, 1\]'),
+    ({'generator.num_epochs': -1}, 'num_epochs must be a positive integer'),
+    ({'classifiers.mlp.variant.name': 'magic'}, 'unknown training variant'),
+    ({'refine_steps': 0}, 'refine_steps must be a positive integer'),
+])
+def test_every_setting_is_checked_before_any_work(tmp_path, overrides, message):
+  """Late settings (the modulus, after training the generator) and the sub-runs' configs fail
+  first; nothing is recorded, so the corrected command is accepted on the same workdir."""
+  from conftest import configured
+  config = configured(os.path.join(ROOT, 'configs', 'bounds_tiny.py'), **overrides)
+  with pytest.raises(UserError, match=message):
+    experiment.run(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'config.json')
+  experiment.validate(load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py')))
+
+
 def test_bad_settings_are_user_errors(tmp_path):
   config = load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py'))
   with config.unlocked():

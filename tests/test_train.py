@@ -138,6 +138,16 @@ def test_bad_config_is_a_one_line_error(tmp_path, overrides, message):
   assert not os.path.exists(tmp_path / 'config.json')  # a fixed config can reuse the workdir
 
 
+def test_a_workdir_that_is_a_file_is_refused_before_any_work(tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('mine')
+  with pytest.raises(UserError, match='is a file, not a directory'):
+    classifier.train(tiny_config(), str(path))
+  assert path.read_text() == 'mine'
+  with pytest.raises(UserError, match='cannot be written'):
+    classifier.train(tiny_config(), str(path / 'below'))
+
+
 def test_divergence_stops_with_a_message_and_keeps_checkpoints(tmp_path):
   config = tiny_config(**{'optimizer.learning_rate': 1e30, 'num_models': 1})
   with pytest.raises(UserError, match='training diverged') as error:
@@ -172,6 +182,7 @@ def test_script_resumes_and_reports_a_corrupt_checkpoint_in_one_line(finished, t
   assert failed.returncode == 2
   last_line = failed.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error:') and 'unreadable' in last_line
+  assert 'Traceback' not in failed.stderr  # no noise from checkpointing threads either
   assert sorted(os.listdir(step_dir)) and all(os.path.exists(p) for p in files)
 
 
