@@ -117,3 +117,32 @@ def test_estimate_rejects_bad_settings():
     bounds.estimate_modulus(decode, jax.random.key(0), 2, RADII, quantile=1.5)
   with pytest.raises(ValueError, match='strictly increasing'):
     bounds.estimate_modulus(decode, jax.random.key(0), 2, [1.0, 0.5])
+
+
+def test_estimate_samples_standard_normal_latents_and_independent_signed_directions(monkeypatch):
+  """The ratios come from z ~ N(0, I) and Gaussian directions of every orientation, drawn with
+  their own keys; the quantile kept is the requested one of exactly those ratios."""
+  seen = {}
+  original = bounds.modulus.step_ratios
+
+  def spy(decode_fn, z, directions, radii):
+    seen.update(z=np.asarray(z), directions=np.asarray(directions))
+    seen['ratios'] = np.asarray(original(decode_fn, z, directions, radii), np.float64)
+    return seen['ratios']
+
+  monkeypatch.setattr(bounds.modulus, 'step_ratios', spy)
+  decode = lambda z: jnp.tanh(2.0 * z) + 0.3 * z[:, :1] ** 2
+  estimate = bounds.estimate_modulus(decode, jax.random.key(0), 4, RADII, num_points=500,
+                                     num_directions=6, quantile=0.9)
+  z, directions = seen['z'], seen['directions']
+  assert z.shape == (500, 4) and directions.shape == (500, 6, 4)
+  assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
+  assert abs(directions.mean()) < 0.05 and abs(np.mean(directions < 0) - 0.5) < 0.02
+  # Independent draws: the directions are not the latents again (a key used twice).
+  flat = directions.reshape(-1)[:z.size]
+  assert abs(np.corrcoef(flat, z.reshape(-1))[0, 1]) < 0.05
+  assert abs(np.corrcoef(directions[:, 0].reshape(-1), z.reshape(-1))[0, 1]) < 0.05
+  expected = np.quantile(seen['ratios'].reshape(len(RADII), -1), 0.9, axis=1)
+  np.testing.assert_allclose(estimate.ratio_quantile, expected, rtol=1e-6)
+  np.testing.assert_allclose(estimate.omega(np.asarray(RADII)), np.asarray(RADII) * expected,
+                             rtol=1e-6)
