@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from advgen import attacks, evaluate, models
+from advgen import attacks, evaluate, manifold, models
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import stacked
@@ -26,7 +26,9 @@ def attacked(trained_tiny, tmp_path_factory):
 
 def test_every_configured_attack_is_reported_for_every_model(attacked):
   workdir, config, results = attacked
-  stored = json.load(open(os.path.join(workdir, attack_study.RESULTS)))
+  out = attack_study.paths(workdir, config.name)
+  assert out['dir'] == os.path.join(workdir, 'attacks', 'default')
+  stored = json.load(open(out['results']))
   assert json.dumps(stored, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN-safe
   assert results['num_images'] == config.num_images and results['num_models'] == 2
   for name in config.attacks:
@@ -40,7 +42,65 @@ def test_every_configured_attack_is_reported_for_every_model(attacked):
       assert attacked == pytest.approx(config.num_images * (1 - error))
     assert entry['mean']['success_rate'] == pytest.approx(np.mean(per_model['success_rate']))
     assert [t['target'] for t in entry['transfer']] == [1, 0]
-  assert os.path.getsize(os.path.join(workdir, attack_study.FIGURE)) > 0
+    assert entry['settings'] == attacks.settings(config.attacks[name])
+  assert results['attacks']['pgd_linf']['settings']['start'] == 'gaussian_linf'
+  assert os.path.getsize(out['figure']) > 0
+
+
+def test_examples_hold_per_example_results_and_the_first_adversarial_images(attacked):
+  workdir, config, results = attacked
+  with np.load(attack_study.paths(workdir, config.name)['examples']) as f:
+    stored = dict(f)
+  x, y = stored['image'], stored['label']
+  assert x.shape == (config.num_examples, 28, 28, 1) and y.shape == (config.num_images,)
+  for name in config.attacks:
+    per_model = results['attacks'][name]['per_model']
+    success, correct = stored[f'{name}.success'], stored['clean_correct']
+    assert success.shape == (2, config.num_images)
+    np.testing.assert_array_equal(stored[f'{name}.counted_success'], success & correct)
+    for k in range(2):
+      assert success[k][correct[k]].mean() == pytest.approx(per_model['success_rate_any'][k])
+      assert stored[f'{name}.restart_success'][k][correct[k]].mean() == pytest.approx(
+          per_model['success_rate'][k])
+      assert np.median(stored[f'{name}.l2'][k][success[k] & correct[k]]) == pytest.approx(
+          per_model['l2_median'][k])
+    x_adv = stored[f'{name}.x_adv']
+    assert x_adv.shape == (2, config.num_examples, 28, 28, 1)
+    np.testing.assert_allclose(np.sqrt(((x_adv - x) ** 2).sum((2, 3, 4))),
+                               stored[f'{name}.l2'][:, :config.num_examples], rtol=1e-4,
+                               atol=1e-5)
+  pgd = stored['pgd_linf.x_adv'] - x
+  assert np.abs(pgd).max() <= config.attacks.pgd_linf.epsilon + 1e-5 and np.abs(pgd).max() > 0
+
+
+def test_distances_to_the_manifold_are_those_of_the_adversarial_examples(attacked):
+  """On-true-manifold examples lie on the manifold of their true class; regular ones leave it;
+  the stored distances are the library's of the stored images, and the reported statistics are
+  those of the counted successes."""
+  workdir, config, results = attacked
+  with np.load(attack_study.paths(workdir, config.name)['examples']) as f:
+    stored = dict(f)
+  m, e = config.distance.num_images, config.num_examples
+  assert results['distance_methods'] == ['true', 'subspace']  # no generator workdir
+  assert np.median(stored['on_true_manifold.true_distance']) < 1e-3
+  assert np.median(stored['clean.true_distance']) < 1e-3
+  moved = stored['pgd_linf.l2'][:, :m] > 0.1
+  assert np.median(stored['pgd_linf.true_distance'][moved]) > 0.1
+  _, dataset, _, _ = runs.load_classifiers(workdir)
+  np.testing.assert_allclose(
+      manifold.subspace_distance(stored['pgd_linf.x_adv'][1], dataset.x_train),
+      stored['pgd_linf.subspace_distance'][1, :e], rtol=1e-3, atol=1e-3)
+  assert e == m  # the tiny config keeps the images whose distances it measures
+  for name in config.attacks:
+    per_model = results['attacks'][name]['per_model']
+    perturbation = np.sqrt(((stored[f'{name}.x_adv'] - stored['image']) ** 2).sum((2, 3, 4)))
+    for k in range(2):
+      for method in ('true', 'subspace'):
+        expected = evaluate.manifold_distance_stats(
+            stored[f'{name}.{method}_distance'][k], perturbation[k],
+            stored[f'{name}.counted_success'][k, :m], f'manifold_{method}')
+        for key, value in expected.items():
+          assert per_model[key][k] == pytest.approx(value, nan_ok=True, rel=1e-5), (name, key)
 
 
 def test_image_space_attack_respects_its_radius(attacked):
@@ -67,23 +127,34 @@ def test_script_numbers_are_the_librarys_on_the_same_inputs(attacked):
     y = dataset.y_test[start:start + config.batch_size]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), index), start)
     parts.append(jax.device_get(attacks.pgd(
-        logits_fn, attacks.LinfBall(x, spec['epsilon']), y, key, num_steps=spec['num_steps'],
+        logits_fn, attacks.LinfBall(x, spec['epsilon'], start=spec['start']), y, key,
+        num_steps=spec['num_steps'],
         restarts=spec['restarts'], step_rule=step_rule, early_stop=spec['early_stop'])))
   result = jax.tree.map(lambda *a: np.concatenate(a), *parts)
   x, y = dataset.x_test[:config.num_images], dataset.y_test[:config.num_images]
   library = evaluate.summarize(result, y, np.asarray(logits_fn(x)))
   script = {name: values[1] for name, values in results['attacks']['pgd_linf']['per_model'].items()}
-  assert library.keys() == script.keys()
+  assert set(library) <= set(script)  # and the distances to the manifold
   for name, value in library.items():
     assert script[name] == pytest.approx(value, abs=1e-4, nan_ok=True), name
 
 
-def test_results_are_not_overwritten(attacked):
+def test_runs_are_named_and_never_overwritten(attacked):
   workdir, config, _ = attacked
-  before = open(os.path.join(workdir, attack_study.RESULTS)).read()
+  first = attack_study.paths(workdir, config.name)
+  before = open(first['results']).read()
   with pytest.raises(UserError, match='already exists'):
     attack_study.run(config, workdir)
-  assert open(os.path.join(workdir, attack_study.RESULTS)).read() == before
+  assert open(first['results']).read() == before
+  other = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
+  other.name = 'fgsm_only'
+  other.attacks = {'fgsm': dict(attack='fgsm', epsilon=0.1)}
+  other.distance.num_images = 0
+  results = attack_study.run(other, workdir)
+  assert list(results['attacks']) == ['fgsm'] and results['distance_methods'] == ['true',
+                                                                                  'subspace']
+  assert json.load(open(attack_study.paths(workdir, 'fgsm_only')['results']))['name'] == 'fgsm_only'
+  assert open(first['results']).read() == before
 
 
 def test_on_true_manifold_attack_needs_the_fonts_generator():
@@ -102,12 +173,28 @@ def test_on_true_manifold_attack_needs_the_fonts_generator():
     (dict(attack='pgd_linf', epsilon=0.3, num_steps=1, restarts=0), 'restarts must be a positive'),
     (dict(attack='pgd_linf', epsilon=0.3, num_step=1), "did you mean 'num_steps'"),
     (dict(attack='pgd_linf', num_steps=1), 'needs a radius'),
+    (dict(attack='pgd_linf', epsilon=0.3, start='gauss'), "unknown start 'gauss'"),
+    (dict(attack='on_learned_manifold', epsilon=0.3), 'set config.generator_workdir'),
 ])
 def test_bad_attack_entries_fail_before_any_model_is_loaded(spec, message, tmp_path):
   config = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
   config.attacks.zzz = spec  # sorted last: every attack before it would run first
   with pytest.raises(UserError, match=message):
     attack_study.run(config, str(tmp_path))  # an empty workdir: loading it would fail first
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('generator_workdir', '/nonexistent/vaegan', 'is not a workdir of scripts/train_generator'),
+    ('name', '../elsewhere', 'config.name must be a folder name'),
+    ('num_examples', -1, 'num_examples must be a non-negative integer'),
+    ('distance.methods', ('true', 'knn'), "unknown config.distance.methods entry 'knn'"),
+    ('distance.true.num_steps', 0, 'config.distance.true.num_steps must be a positive'),
+])
+def test_bad_run_settings_fail_before_any_model_is_loaded(field, value, message, tmp_path):
+  from conftest import configured
+  config = configured(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'), **{field: value})
+  with pytest.raises(UserError, match=message):
+    attack_study.run(config, str(tmp_path))
 
 
 def test_models_attacked_together_equal_each_attacked_alone():

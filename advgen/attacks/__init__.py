@@ -15,7 +15,8 @@ from advgen.attacks.fgsm import fgsm
 from advgen.attacks.hopskipjump import HopSkipJumpResult, hopskipjump
 from advgen.attacks.losses import margin
 from advgen.attacks.pgd import pgd, sweep
-from advgen.attacks.registry import (ATTACKS, LatentSpace, build, learned_manifold, settings,
+from advgen.attacks.registry import (ATTACKS, LatentSpace, build, learned_manifold, needs_manifold,
+                                     settings,
                                      true_manifold, validate)
 from advgen.attacks.result import AttackResult
 from advgen.attacks.threat import STARTS, L1Ball, L2Ball, LatentBall, LinfBall, TransformBall
@@ -23,6 +24,6 @@ from advgen.attacks.threat import STARTS, L1Ball, L2Ball, LatentBall, LinfBall, 
 __all__ = [
     'ATTACKS', 'AttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball', 'LatentBall',
     'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'build', 'carlini_wagner_l2', 'deepfool',
-    'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'pgd', 'settings', 'sweep',
+    'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd', 'settings', 'sweep',
     'true_manifold', 'validate'
 ]

@@ -3,42 +3,121 @@
 All K models are attacked in one jit-compiled program per batch of test images
 (`stacked.over_models`: vmapped on accelerators, unrolled on CPU). Attacks are config entries
 for `attacks.build`; on fonts, 'on_true_manifold' perturbs the generator's parameters theta
-with the font and class fixed (Stutz et al.).
+with the font and class fixed (Stutz et al.). With `config.generator_workdir` (class-specific
+generators of the same dataset), 'on_learned_manifold' perturbs the test codes (encoder means of
+each image's true class) inside the box [min, max] of the test codes, decoded by the true class's
+decoder; as in the authors' code its successes count only where ||z||_inf <= CODE_BOUND, the other
+inputs staying in the denominator (`num_counted` says how many may count).
+
+Each run is named (`config.name`) and writes `DIR/attacks/NAME/`: `results.json` (per attack:
+the settings used, success rates, distances, distances to the manifold, transfer; on fonts the
+validity of learned on-manifold examples), `examples.npz` (per-example success, distances and the
+adversarial images of the first `num_examples` test images) and `examples.png`.
+
+Distance to the manifold (Stutz et al. Sec. 3.2) of the first `config.distance.num_images`
+examples, by every method of `config.distance.methods` the run has: 'true' (fonts: the true
+projection with the true class), 'learned' (inversion of the true class's generator) and
+'subspace' (50-nearest-neighbour subspace of the training images); statistics over the counted
+successes on correctly classified inputs, with the ratio to ||x_adv - x||_2.
 """
 
 import functools
 import os
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from advgen import attacks, evaluate, results as results_lib
+from advgen import attacks, evaluate, manifold, results as results_lib
+from advgen.attacks import norms
+from advgen.data import fonts
 from advgen.errors import UserError
 from advgen.models import stacked
 from advgen.report import images as image_report
 from advgen.studies import runs
 from advgen.train import trainer, workdir as workdir_lib
 
-RESULTS = 'attack_results.json'
-FIGURE = os.path.join('figures', 'attack_examples.png')
+ATTACKS_DIR = 'attacks'
+RESULTS, EXAMPLES, FIGURE = 'results.json', 'examples.npz', 'examples.png'
+CODE_BOUND = 2.0  # on-learned-manifold successes count where ||z_test||_inf <= 2 (Stutz's code)
+DISTANCE_METHODS = ('true', 'learned', 'subspace')
+_DISTANCE_KEY = 1 << 30  # fold_in offsets of the distance keys, apart from the attacks' batches
+
+
+def paths(workdir, name):
+  """{'dir', 'results', 'examples', 'figure'}: where the attack run `name` of `workdir` writes."""
+  out = os.path.join(workdir, ATTACKS_DIR, name)
+  return {'dir': out, 'results': os.path.join(out, RESULTS),
+          'examples': os.path.join(out, EXAMPLES), 'figure': os.path.join(out, FIGURE)}
+
+
+def _positive_int(value, field, minimum=1):
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    kind = 'positive' if minimum else 'non-negative'
+    raise UserError(f'config.{field} must be a {kind} integer, got {value!r}')
 
 
 def validate(config):
   """Every check of an attack config, before any model is loaded."""
+  if not isinstance(config.name, str) or not re.fullmatch(r'[A-Za-z0-9_][A-Za-z0-9_.-]*',
+                                                          config.name):
+    raise UserError(f'config.name must be a folder name (letters, digits, _ . -), got '
+                    f'{config.name!r}')
   for field in ('num_images', 'batch_size'):
-    if not isinstance(config[field], int) or config[field] < 1:
-      raise UserError(f'config.{field} must be a positive integer, got {config[field]!r}')
+    _positive_int(config[field], field)
+  _positive_int(config.num_examples, 'num_examples', 0)
   if not config.attacks:
     raise UserError('config.attacks is empty; configure at least one attack')
   for label, spec in config.attacks.items():
     attacks.validate(spec, where=f'config.attacks.{label}: attack')
+  generator_workdir = config.generator_workdir
+  learned = [label for label, spec in config.attacks.items()
+             if attacks.needs_manifold(spec) == 'learned']
+  if learned and not generator_workdir:
+    raise UserError(f'config.attacks.{learned[0]} attacks on the learned manifold: set '
+                    'config.generator_workdir to a workdir of scripts/train_generator.py')
+  if generator_workdir and not os.path.isfile(os.path.join(generator_workdir, 'config.json')):
+    raise UserError(f'config.generator_workdir={generator_workdir!r} is not a workdir of '
+                    'scripts/train_generator.py (no config.json there)')
+  distance = config.distance
+  _positive_int(distance.num_images, 'distance.num_images', 0)
+  for method in distance.methods:
+    if method not in DISTANCE_METHODS:
+      raise UserError(f'unknown config.distance.methods entry {method!r}; choose from '
+                      f'{", ".join(DISTANCE_METHODS)}')
+  for method in DISTANCE_METHODS:
+    for key, value in distance[method].items():
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f'config.distance.{method}.{key} must be a positive number, got '
+                        f'{value!r}')
 
 
-def manifolds(dataset):
+def manifolds(dataset, generator=None):
   """The latent spaces on-manifold attacks on `dataset` can move along."""
+  spaces = {}
   if dataset.name == 'fonts':
-    return {'true': attacks.true_manifold(dataset.manifold)}
-  return {}
+    spaces['true'] = attacks.true_manifold(dataset.manifold)
+  if generator is not None:
+    spaces['learned'] = attacks.learned_manifold(generator['module'], generator['variables'],
+                                                 generator['box'])
+  return spaces
+
+
+def load_generator(workdir, dataset, class_specific=True):
+  """{'module', 'variables', 'codes' (test codes, N x d), 'box' (2, d)} of the generators in
+  `workdir`, checked against the classifiers' dataset; the codes are the encoder means of each
+  test image through its own class's encoder."""
+  config, _, module, variables = runs.load_generators(workdir)
+  if config.dataset.name != dataset.name:
+    raise UserError(f'config.generator_workdir={workdir} holds generators of '
+                    f'{config.dataset.name!r}, the classifiers were trained on {dataset.name!r}')
+  if class_specific and stacked.count(variables) != dataset.num_classes:
+    raise UserError(f'config.generator_workdir={workdir} holds a class-agnostic generator; the '
+                    'on-learned-manifold attack needs class-specific ones (class_specific=True)')
+  codes = manifold.latent_codes(module, variables, dataset.x_test, dataset.y_test)[0]
+  return {'module': module, 'variables': variables, 'codes': codes,
+          'box': np.stack([codes.min(0), codes.max(0)])}
 
 
 @functools.partial(jax.jit, static_argnames=('module', 'attack'))
@@ -49,25 +128,105 @@ def attack_models(variables, batch, key, *, module, attack):
   return stacked.over_models(one)(variables)
 
 
+@functools.partial(jax.jit, static_argnames=('module', 'latent_dim', 'num_restarts',
+                                             'num_steps'))
+def _invert_rows(variables, x, key, *, module, latent_dim, num_restarts, num_steps,
+                 learning_rate):
+  """Residuals (K, m) of inverting row k of x (K, m, ...) through generator k alone."""
+
+  def one(v, rows):
+    z_init = module.apply(v, rows, method='encode')[0] if module.has_encoder else None
+    decode = lambda z: module.apply(v, z, method='decode')
+    return manifold.invert(decode, rows, key, z_init=z_init, latent_dim=latent_dim,
+                           num_restarts=num_restarts, num_steps=num_steps,
+                           learning_rate=learning_rate)[2]
+
+  return jax.vmap(one)(variables, x)
+
+
+def learned_distance(generator, images, labels, key, **settings):
+  """Distance of each image to the image of its class's generator (`manifold.invert`, from the
+  encoder mean and truncated-prior restarts), each class inverted by its own generator only."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  num_models = stacked.count(generator['variables'])
+  rows = ([np.arange(len(images))] if num_models == 1 else
+          [np.flatnonzero(labels == k) for k in range(num_models)])
+  width = max(len(r) for r in rows)
+  if not width:
+    return np.zeros(0, np.float32)
+  index = np.stack([np.concatenate([r, np.zeros(width - len(r), int)]) for r in rows])
+  residual = np.asarray(_invert_rows(generator['variables'], jnp.asarray(images[index]), key,
+                                     module=generator['module'],
+                                     latent_dim=generator['module'].latent_dim, **settings))
+  out = np.zeros(len(images), np.float32)
+  for k, r in enumerate(rows):
+    out[r] = residual[k, :len(r)]
+  return out
+
+
+def distance_methods(config, dataset, generator):
+  """{method: (images, labels, key) -> distances} for every configured method this run has."""
+  settings = config.distance
+  available = {
+      'true': dataset.name == 'fonts',
+      'learned': generator is not None,
+      'subspace': settings.subspace.num_neighbours <= len(dataset.x_train),
+  }
+  make = {
+      'true': lambda images, labels, key: np.asarray(fonts.project(
+          dataset.manifold, images, labels, key, **settings.true)[2]),
+      'learned': lambda images, labels, key: learned_distance(generator, images, labels, key,
+                                                              **settings.learned),
+      'subspace': lambda images, labels, key: manifold.subspace_distance(
+          images, dataset.x_train, **settings.subspace),
+  }
+  return {m: make[m] for m in DISTANCE_METHODS if m in settings.methods and available[m]}
+
+
 def run(config, workdir):
   """Runs config.attacks on the first config.num_images test images; returns the results dict."""
-  results_path = os.path.join(workdir, RESULTS)
-  if os.path.exists(results_path):
-    raise UserError(f'{results_path} already exists; delete it or attack a copy of the workdir')
   validate(config)
+  out = paths(workdir, config.name)
+  if os.path.exists(out['results']):
+    raise UserError(f'{out["results"]} already exists; choose another --config.name or delete '
+                    'that folder')
   _, dataset, module, variables = runs.load_classifiers(workdir)
   num = min(config.num_images, len(dataset.y_test))
   if num % config.batch_size:
     raise UserError(f'config.num_images={num} must be a multiple of config.batch_size='
                     f'{config.batch_size}')
-  spaces = manifolds(dataset)
-  built = {label: attacks.build(spec, spaces) for label, spec in config.attacks.items()}
+  needs_learned = any(attacks.needs_manifold(s) == 'learned'
+                      for s in config.attacks.values())
+  generator = (load_generator(config.generator_workdir, dataset, needs_learned)
+               if config.generator_workdir else None)
+  built = {label: attacks.build(spec, manifolds(dataset, generator))
+           for label, spec in config.attacks.items()}
   test = jax.tree.map(lambda a: a[:num], trainer.batch_dict(dataset, 'test'))
+  counted_codes = None
+  if generator is not None:
+    test['code'] = generator['codes'][:num]
+    counted_codes = np.asarray(norms.linf(test['code'])) <= CODE_BOUND
   x, y = test['image'], test['label']
   num_models = stacked.count(variables)
   clean_logits = stacked.stacked_logits(module, variables, x, config.batch_size)
+  clean_correct = np.stack([evaluate.correct(clean_logits[k], y) for k in range(num_models)])
   key = jax.random.key(config.seed)
-  results, examples = {'num_images': num, 'num_models': num_models, 'attacks': {}}, {}
+  measure = distance_methods(config, dataset, generator)
+  m = min(config.distance.num_images, num)
+  results = {'name': config.name, 'num_images': num, 'num_models': num_models,
+             'generator_workdir': config.generator_workdir, 'code_bound': CODE_BOUND,
+             'distance_methods': list(measure), 'num_distance_images': m,
+             'clean_distance': {}, 'attacks': {}, 'config': config.to_dict()}
+  arrays = {'image': x[:config.num_examples], 'label': y, 'clean_correct': clean_correct}
+  for index, method in enumerate(measure):  # the clean images' own distances, for reference
+    d = measure[method](x[:m], y[:m], jax.random.fold_in(key, _DISTANCE_KEY - 1 - index))
+    arrays[f'clean.{method}_distance'] = d
+    results['clean_distance'][method] = {'mean': float(np.mean(d)) if m else float('nan'),
+                                         'median': float(np.median(d)) if m else float('nan')}
+  if generator is not None:
+    results['learned_manifold'] = _learned_summary(config, dataset, generator, x[:m], y[:m], key,
+                                                   counted_codes)
+  examples = {}
   for index, label in enumerate(sorted(built)):
     batches = []
     for start in range(0, num, config.batch_size):
@@ -76,30 +235,102 @@ def run(config, workdir):
       batches.append(jax.device_get(attack_models(variables, batch, batch_key, module=module,
                                                   attack=built[label])))
     result = jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *batches)  # (K, N, ...)
-    per_model = [evaluate.summarize(stacked.select(result, k), y, clean_logits[k])
+    learned = attacks.needs_manifold(config.attacks[label]) == 'learned'
+    counted = counted_codes if learned else None
+    per_model = [evaluate.summarize(stacked.select(result, k), y, clean_logits[k], counted)
                  for k in range(num_models)]
-    metrics = {name: [m[name] for m in per_model] for name in per_model[0]}
+    masks = np.stack([evaluate.counted_successes(stacked.select(result, k), y, clean_logits[k],
+                                                 counted) for k in range(num_models)])
+    distance_key = jax.random.fold_in(key, _DISTANCE_KEY + index)
+    extra, extra_arrays = _manifold_metrics(result, x, y, masks, m, measure, distance_key)
+    if learned and dataset.name == 'fonts' and m:
+      validity, extra_arrays['validity_distances'] = _validity(
+          config, dataset, result.x_adv[:, :m], y[:m], masks[:, :m], distance_key)
+      extra = [{**e, **v} for e, v in zip(extra, validity)]
+    metrics = {name: [{**p, **e}[name] for p, e in zip(per_model, extra)]
+               for name in {**per_model[0], **extra[0]}}
     results['attacks'][label] = {
-        'settings': dict(config.attacks[label]), **results_lib.summarize(metrics),
-        'transfer': _transfer(result, clean_logits, y, module, variables)}
+        'settings': attacks.settings(config.attacks[label]), **results_lib.summarize(metrics),
+        'transfer': _transfer(result, masks, clean_correct, y, module, variables)}
+    arrays.update(_example_arrays(label, result, masks, counted, extra_arrays,
+                                  config.num_examples))
     examples[label] = np.asarray(result.x_adv[0])
-  workdir_lib.write_results(results_path, results)
-  _figure(x, examples, os.path.join(workdir, FIGURE))
+  os.makedirs(out['dir'], exist_ok=True)
+  workdir_lib.write_results(out['results'], results)
+  np.savez_compressed(out['examples'], **arrays)
+  _figure(x, examples, out['figure'])
   return results
 
 
-def _transfer(result, clean_logits, y, module, variables):
-  """Model k's successful adversarial examples scored on model k+1 (mod K) where both are right."""
-  num_models = clean_logits.shape[0]
+def _manifold_metrics(result, x, y, masks, m, measure, key):
+  """Per model: distance-to-manifold statistics of the first `m` examples (counted successes),
+  and the per-example distances (K, m) by method."""
+  num_models = masks.shape[0]
+  extra, arrays = [{} for _ in range(num_models)], {}
+  if not m:
+    return extra, arrays
+  x_adv = np.asarray(result.x_adv[:, :m])
+  delta = (x_adv - np.asarray(x[None, :m])).reshape(num_models, m, -1)
+  perturbation = np.sqrt(np.sum(np.square(delta, dtype=np.float64), axis=-1))  # (K, m)
+  labels = np.tile(np.asarray(y[:m]), num_models)
+  for method, fn in measure.items():
+    d = np.asarray(fn(x_adv.reshape((-1,) + x_adv.shape[2:]), labels, key)).reshape(num_models, m)
+    arrays[f'{method}_distance'] = d
+    for k in range(num_models):
+      extra[k].update(evaluate.manifold_distance_stats(d[k], perturbation[k], masks[k, :m],
+                                                       f'manifold_{method}'))
+  return extra, arrays
+
+
+def _validity(config, dataset, x_adv, y, masks, key):
+  """Per model: the validity of learned on-manifold examples (`evaluate.validity`), measured with
+  the true fonts projection onto every class; and the (K, m, C) distances."""
+  num_models, m = masks.shape
+  flat = np.asarray(x_adv).reshape((-1,) + x_adv.shape[2:])
+  d = evaluate.class_manifold_distances(dataset.manifold, flat, key, dataset.num_classes,
+                                        **config.distance.true).reshape(num_models, m, -1)
+  return [evaluate.validity(d[k], y, masks[k]) for k in range(num_models)], d
+
+
+def _learned_summary(config, dataset, generator, x, y, key, counted_codes):
+  """The learned manifold's box and codes, and on fonts the validity of the decoded test codes
+  (the generator's own reconstructions: the baseline of the attack's validity)."""
+  m = len(y)
+  summary = {'code_box': generator['box'].tolist(),
+             'num_counted_codes': int(counted_codes.sum()),
+             'num_codes': len(counted_codes)}
+  if dataset.name == 'fonts' and m:
+    decode = attacks.learned_manifold(generator['module'], generator['variables'],
+                                      generator['box']).decode
+    decoded = np.asarray(jax.jit(decode)(generator['codes'][:m], {'label': y}))
+    d = evaluate.class_manifold_distances(dataset.manifold, decoded, jax.random.fold_in(
+        key, _DISTANCE_KEY - 100), dataset.num_classes, **config.distance.true)
+    summary['decoded_codes'] = evaluate.validity(d, y)
+  return summary
+
+
+def _example_arrays(label, result, masks, counted, extra, num_examples):
+  out = {f'{label}.{name}': np.asarray(getattr(result, name))
+         for name in ('success', 'restart_success', 'distance', 'linf', 'l2')}
+  out[f'{label}.counted_success'] = masks
+  if counted is not None:
+    out[f'{label}.counted'] = np.asarray(counted)
+  out[f'{label}.x_adv'] = np.asarray(result.x_adv[:, :num_examples])
+  out.update({f'{label}.{name}': value for name, value in extra.items()})
+  return out
+
+
+def _transfer(result, masks, correct, y, module, variables):
+  """Model k's counted successes (`masks`) scored on model k+1 (mod K) where that one is right."""
+  num_models = masks.shape[0]
   if num_models < 2:
     return []
-  correct = [evaluate.correct(clean_logits[k], y) for k in range(num_models)]
   apply = jax.jit(lambda v, inputs: module.apply(v, inputs, train=False))  # compiled once
   out = []
   for source in range(num_models):
     target = (source + 1) % num_models
     target_fn = functools.partial(apply, stacked.select(variables, target))
-    mask = correct[source] & correct[target] & np.asarray(result.success[source])
+    mask = masks[source] & correct[target]
     out.append({'source': source, 'target': target,
                 **evaluate.transfer(target_fn, result.x_adv[source], y, mask)})
   return out
