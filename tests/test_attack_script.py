@@ -139,12 +139,14 @@ def test_script_numbers_are_the_librarys_on_the_same_inputs(attacked):
     assert script[name] == pytest.approx(value, abs=1e-4, nan_ok=True), name
 
 
-def test_runs_are_named_and_never_overwritten(attacked):
+def test_runs_are_named_and_never_overwritten(attacked, monkeypatch):
   workdir, config, _ = attacked
   first = attack_study.paths(workdir, config.name)
   before = open(first['results']).read()
-  with pytest.raises(UserError, match='already exists'):
-    attack_study.run(config, workdir)
+  with monkeypatch.context() as patched:  # refused before any model is loaded
+    patched.setattr(runs, 'load_classifiers', lambda *a: pytest.fail('loaded the models'))
+    with pytest.raises(UserError, match='already exists'):
+      attack_study.run(config, workdir)
   assert open(first['results']).read() == before
   other = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
   other.name = 'fgsm_only'
