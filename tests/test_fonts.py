@@ -37,14 +37,37 @@ def test_sampling_is_deterministic_balanced_and_exact(fonts_manifold):
   assert not np.allclose(x, x3)
 
 
-def test_projection_finds_clean_samples_and_not_noisy_ones(fonts_manifold):
-  x, y, lat = fonts.sample(fonts_manifold, jax.random.key(0), 6)
-  project = lambda images: fonts.project(fonts_manifold, images, y, jax.random.key(1),
-                                         num_candidates=32, num_restarts=2, num_steps=60)
-  _, theta, residual = project(x)
-  image_norms = np.linalg.norm(x.reshape(6, -1), axis=1)
-  assert np.median(np.asarray(residual) / image_norms) < 0.05
+def test_projection_is_exact_on_clean_samples_and_far_from_noisy_ones(fonts_manifold):
+  x, y, _ = fonts.sample(fonts_manifold, jax.random.key(0), 8)
+  font, theta, residual = fonts.project(fonts_manifold, x, y)
+  assert np.all(np.asarray(residual) <= 0.01)  # on the manifold: found exactly
+  rendered = fonts_manifold.render(np.asarray(font), y, np.asarray(theta))
+  np.testing.assert_allclose(np.linalg.norm((rendered - x).reshape(8, -1), axis=1), residual,
+                             atol=1e-4)
+  low, high = fonts_manifold.ranges
+  assert np.all(np.asarray(theta) >= low - 1e-6) and np.all(np.asarray(theta) <= high + 1e-6)
   noise = np.random.default_rng(0).normal(0, 0.15, x.shape).astype(np.float32)
   noisy = np.clip(x + noise, 0, 1)
-  _, _, noisy_residual = project(noisy)
-  assert np.all(np.asarray(noisy_residual) > 4 * np.asarray(residual).clip(min=0.05))
+  _, _, noisy_residual = fonts.project(fonts_manifold, noisy, y)
+  clean_distance = np.linalg.norm((noisy - x).reshape(8, -1), axis=1)
+  assert np.all(np.asarray(noisy_residual) > 0.5 * clean_distance)
+
+
+def test_projection_is_never_farther_than_a_given_point_of_the_manifold(fonts_manifold):
+  """Perturbed images: the clean image (font, theta) is a point of the manifold; a projection
+  farther than it would be wrong. With a search that cannot find it (no starts, no steps) the
+  candidate itself is returned."""
+  x, y, latents = fonts.sample(fonts_manifold, jax.random.key(1), 8)
+  noise = np.random.default_rng(1).choice([-0.3, 0.3], x.shape).astype(np.float32)
+  perturbed = np.clip(x + noise, 0, 1)
+  clean_distance = np.linalg.norm((perturbed - x).reshape(8, -1), axis=1)
+  candidate = (latents['font'], latents['theta'])
+  _, _, residual = fonts.project(fonts_manifold, perturbed, y, candidate=candidate)
+  assert np.all(np.asarray(residual) <= clean_distance * (1 + 1e-5))
+  weak = dict(num_candidates=1, num_restarts=1, num_steps=0, schedule=())
+  font, theta, residual = fonts.project(fonts_manifold, perturbed, y, candidate=candidate, **weak)
+  _, _, alone = fonts.project(fonts_manifold, perturbed, y, **weak)
+  assert np.all(np.asarray(alone) > clean_distance)  # the weak search alone ends farther away
+  np.testing.assert_allclose(residual, clean_distance, rtol=1e-5)
+  np.testing.assert_array_equal(font, latents['font'])
+  np.testing.assert_allclose(theta, latents['theta'], atol=1e-6)

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import optax
 from matplotlib import ft2font
 from PIL import Image, ImageDraw, ImageFont
 
@@ -159,51 +158,208 @@ def _render_batched(fonts, font, label, theta, chunk=8192):
   return np.concatenate(parts)
 
 
-@functools.partial(jax.jit, static_argnames=('fonts_static', 'num_candidates', 'num_restarts',
-                                             'num_steps'))
-def _project(images, labels, key, prototypes, ranges, fonts_static, num_candidates, num_restarts,
-             num_steps, learning_rate):
-  del fonts_static
-  low, span = ranges[0], ranges[1] - ranges[0]
+_COORDS = np.stack(np.meshgrid(np.linspace(-1.0, 1.0, IMAGE_SIZE), np.linspace(-1.0, 1.0, IMAGE_SIZE),
+                                indexing='xy'), -1).reshape(-1, 2).astype(np.float32)  # (x, y)
+
+
+_MOMENT_THRESHOLD = 0.2  # intensities below count as background: weak noise moves no moment
+
+
+def _moments(image):
+  """Centroid and covariance of an image's bright pixels, in the warp's [-1, 1] coordinates."""
+  weight = jnp.maximum(image.reshape(-1) - _MOMENT_THRESHOLD, 0.0)
+  mass = jnp.sum(weight) + 1e-8
+  mean = weight @ _COORDS / mass
+  centred = _COORDS - mean
+  return mean, (centred * weight[:, None]).T @ centred / mass
+
+
+def _matrix_power(covariance, power):
+  values, vectors = jnp.linalg.eigh(covariance)
+  return (vectors * jnp.maximum(values, 1e-6) ** power) @ vectors.T
+
+
+def _thetas_of_matrix(matrix, translation, low, high, num_roots):
+  """The `num_roots` parameter vectors whose affine matrix is `matrix`, nearest the ranges first.
+
+  With rows a0 = s (u + shx v), a1 = s (w + shy u) of the matrix (u = (c, -s'), v = (-s', c),
+  w = (s', c) for c, s' = cos r, sin r), a1.w = s, a1.u = s shy, a0.v = s (shx - sin 2r), and
+  the rotation solves g(r) = a0.(c, s') - cos 2r a1.w = 0, which has several roots: Newton from
+  six starts finds them.
+  """
+  a0, a1 = matrix[0], matrix[1]
+  g = lambda r: (a0[0] * jnp.cos(r) + a0[1] * jnp.sin(r) -
+                 jnp.cos(2 * r) * (a1[0] * jnp.sin(r) + a1[1] * jnp.cos(r)))
+
+  def newton(r):
+    for _ in range(8):
+      slope = jax.grad(g)(r)
+      r = r - g(r) / jnp.where(jnp.abs(slope) > 1e-6, slope, 1e-6)
+    return jnp.arctan2(jnp.sin(r), jnp.cos(r))
+
+  def theta(r):
+    c, sin = jnp.cos(r), jnp.sin(r)
+    scale = a1[0] * sin + a1[1] * c
+    safe = jnp.where(jnp.abs(scale) > 1e-6, scale, 1e-6)
+    shy = (a1[0] * c - a1[1] * sin) / safe
+    shx = (a0[1] * c - a0[0] * sin) / safe + jnp.sin(2 * r)
+    return jnp.stack([translation[0], translation[1], shx, shy, scale, r])
+
+  roots = jax.vmap(newton)(jnp.linspace(-jnp.pi, jnp.pi, 6, endpoint=False))
+  thetas = jax.vmap(theta)(roots)
+  outside = jnp.sum(jnp.maximum(low - thetas, 0) + jnp.maximum(thetas - high, 0), -1)
+  outside = outside + jnp.where(jnp.abs(jax.vmap(g)(roots)) < 1e-3, 0.0, 1e3)  # not a root
+  return thetas[jnp.argsort(outside)[:num_roots]]
+
+
+def _blur(image, sigma):
+  """Gaussian blur of an HWC image (zero background beyond the border); sigma 0: the image."""
+  if not sigma:
+    return image
+  size = image.shape[0]
+  offsets = np.arange(size)[:, None] - np.arange(size)[None]
+  kernel = jnp.asarray(np.exp(-0.5 * (offsets / sigma)**2) / (np.sqrt(2 * np.pi) * sigma),
+                       image.dtype)
+  return jnp.einsum('ij,jkc,lk->ilc', kernel, image, kernel)
+
+
+def _solve_spd(a, b):
+  """Solves a small symmetric positive definite system by an unrolled Cholesky factorization:
+  elementwise operations only, which batch well under vmap."""
+  n = a.shape[0]
+  lower = [[None] * n for _ in range(n)]
+  for j in range(n):
+    lower[j][j] = jnp.sqrt(jnp.maximum(a[j, j] - sum(lower[j][k]**2 for k in range(j)), 1e-20))
+    for i in range(j + 1, n):
+      lower[i][j] = (a[i, j] - sum(lower[i][k] * lower[j][k] for k in range(j))) / lower[j][j]
+  z = []
+  for i in range(n):
+    z.append((b[i] - sum(lower[i][k] * z[k] for k in range(i))) / lower[i][i])
+  x = [None] * n
+  for i in reversed(range(n)):
+    x[i] = (z[i] - sum(lower[k][i] * x[k] for k in range(i + 1, n))) / lower[i][i]
+  return jnp.stack(x)
+
+
+def _levenberg_marquardt(residual, u, num_steps):
+  """Box-constrained Levenberg-Marquardt on u in [0, 1]^6: only steps that lower the cost are
+  taken, so the result is never worse than the start. Returns (u, cost)."""
+
+  def step(_, carry):
+    u, damping, cost = carry
+    r, jac = residual(u), jax.jacfwd(residual)(u)
+    jtj = jac.T @ jac
+    system = jtj + damping * (jnp.diag(jnp.diag(jtj)) + 1e-6 * jnp.eye(u.shape[0]))
+    trial = jnp.clip(u + _solve_spd(system, -(jac.T @ r)), 0.0, 1.0)
+    trial_cost = jnp.sum(residual(trial)**2)
+    better = trial_cost < cost
+    return (jnp.where(better, trial, u), jnp.where(better, damping / 3, damping * 4),
+            jnp.where(better, trial_cost, cost))
+
+  u, _, cost = jax.lax.fori_loop(0, num_steps, step,
+                                 (u, jnp.asarray(1e-2, u.dtype), jnp.sum(residual(u)**2)))
+  return u, cost
+
+
+@functools.partial(jax.jit, static_argnames=('num_candidates', 'num_restarts', 'num_steps',
+                                             'num_random', 'schedule'))
+def _project(images, labels, key, prototypes, ranges, candidate_font, candidate_theta, *,
+             num_candidates, num_restarts, num_steps, num_random, schedule):
+  low, high = ranges[0], ranges[1]
+  span = high - low
   num_fonts = prototypes.shape[0]
+  angles = jnp.arange(num_candidates) * (2 * jnp.pi / max(num_candidates, 1))
 
-  def residual(proto, u, image):
-    return jnp.sum((transforms.transform(proto, low + span * u) - image) ** 2)
-
-  def one(image, label, key):
+  def one(image, label, key, font0, theta0):
     protos = prototypes[:, label]  # (F, H, W, C)
-    # Coarse search: random candidates per font, keep the best few as starting points.
-    cand = jax.random.uniform(key, (num_fonts, num_candidates, transforms.NUM_PARAMS))
-    cand = cand.at[:, 0].set((transforms.IDENTITY - low) / span)
-    errs = jax.vmap(lambda p, us: jax.vmap(lambda u: residual(p, u, image))(us))(protos, cand)
-    best = jnp.argsort(errs, axis=1)[:, :num_restarts]
-    u0 = jnp.take_along_axis(cand, best[..., None], axis=1)  # (F, R, 6)
-    opt = optax.adam(learning_rate)
-    loss_grad = jax.vmap(jax.vmap(jax.value_and_grad(residual, argnums=1), (None, 0, None)),
-                         (0, 0, None))
+    render = lambda f, u: transforms.transform(protos[f], low + span * u)
+    cost = lambda f, u: jnp.sum((render(f, u) - image)**2)
+    image_mean, image_cov = _moments(image)
+    whiten = _matrix_power(image_cov, -0.5)
 
-    def step(carry, _):
-      u, opt_state = carry
-      _, g = loss_grad(protos, u, image)
-      updates, opt_state = opt.update(g, opt_state)
-      return (jnp.clip(u + updates, 0.0, 1.0), opt_state), None
+    def font_starts(proto):
+      # Moments fix the warp up to a rotation phi of the whitened frame: Sigma_proto = A Sigma A^T
+      # and mean_proto = A mean + t give A = Sigma_proto^1/2 R(phi) Sigma^-1/2 (det A > 0).
+      proto_mean, proto_cov = _moments(proto)
+      colour = _matrix_power(proto_cov, 0.5)
 
-    (u, _), _ = jax.lax.scan(step, (u0, opt.init(u0)), None, length=num_steps)
-    final = jax.vmap(jax.vmap(residual, (None, 0, None)), (0, 0, None))(protos, u, image)
-    flat = jnp.argmin(final)
-    f, r = flat // num_restarts, flat % num_restarts
-    return f, low + span * u[f, r], jnp.sqrt(final[f, r])
+      def at(phi):
+        rotation = jnp.array([[jnp.cos(phi), -jnp.sin(phi)], [jnp.sin(phi), jnp.cos(phi)]])
+        matrix = colour @ rotation @ whiten
+        return _thetas_of_matrix(matrix, proto_mean - matrix @ image_mean, low, high, 1)
+
+      return jnp.clip((jax.vmap(at)(angles).reshape(-1, 6) - low) / span, 0.0, 1.0)
+
+    starts = jax.vmap(font_starts)(protos)  # (F, roots * num_candidates, 6)
+    if num_random:
+      starts = jnp.concatenate([starts, jax.random.uniform(key, (num_fonts, num_random, 6))], 1)
+    # Blurred images first: their least-squares landscape has wide basins, so a start a few
+    # pixels off converges; the sharp images then make the fit exact.
+    sigmas = sorted({stage[2] for stage in schedule} | {0.0})
+    blurred = {sigma: (_blur(image, sigma), jax.vmap(lambda p, s=sigma: _blur(p, s))(protos))
+               for sigma in sigmas}
+
+    def residual_of(f, sigma):
+      target, sources = blurred[sigma]
+      return lambda v: (transforms.transform(sources[f], low + span * v) - target).ravel()
+
+    first_sigma = schedule[0][2] if schedule else 0.0
+    coarse = jax.vmap(lambda f, us: jax.vmap(lambda v: jnp.sum(residual_of(f, first_sigma)(v)**2))(
+        us))(jnp.arange(num_fonts), starts)
+    best = jnp.argsort(coarse, axis=1)[:, :num_restarts]
+    u = jnp.take_along_axis(starts, best[..., None], axis=1).reshape(-1, 6)
+    font = jnp.repeat(jnp.arange(num_fonts), num_restarts)
+    # Successive halving: a few Levenberg-Marquardt steps for every start, more for the best.
+    for keep, steps, sigma in (*schedule, (None, num_steps, 0.0)):
+      u, costs = jax.vmap(lambda f, v, s=steps, b=sigma: _levenberg_marquardt(
+          residual_of(f, b), v, s))(font, u)
+      if keep:  # 0 keeps every start
+        order = jnp.argsort(costs)[:min(keep, costs.shape[0])]
+        font, u = font[order], u[order]
+    if candidate_font is not None:  # a known point of the manifold competes as it is
+      font = jnp.append(font, font0)
+      u = jnp.concatenate([u, ((theta0 - low) / span)[None]])
+      costs = jnp.append(costs, cost(font0, (theta0 - low) / span))
+    index = jnp.argmin(costs)
+    return font[index], low + span * u[index], jnp.sqrt(costs[index])
 
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(one)(images, labels, keys)
+  if candidate_font is None:
+    return jax.vmap(lambda *a: one(*a, None, None))(images, labels, keys)
+  return jax.vmap(one)(images, labels, keys, candidate_font, candidate_theta)
 
 
-def project(fonts, images, labels, key, num_candidates=64, num_restarts=4, num_steps=100,
-            learning_rate=0.02):
+# Successive halving: (starts kept (0: all), Levenberg-Marquardt steps before keeping them, blur
+# sigma in pixels of the images they fit). Measured by benchmarks/projection.py.
+SCHEDULE = ((0, 6, 1.5), (8, 4, 0.0), (2, 8, 0.0))
+
+
+def project(fonts, images, labels, key=None, num_candidates=32, num_restarts=3, num_steps=20,
+            learning_rate=None, *, candidate=None, num_random=0, schedule=SCHEDULE):
   """Nearest point of each image on its class manifold: (font, theta, L2 residual).
 
   The residual is the distance to the true manifold of the given class (Stutz et al., Sec. 3).
+  Each (image, font) is a 6-parameter least-squares problem. Image moments give the warp up to
+  one rotation (`num_candidates` angles per font); the `num_restarts` best starts per font run
+  box-constrained Levenberg-Marquardt, first on blurred images (wide basins), then on the sharp
+  ones, keeping fewer starts for more steps (`schedule`); the last two get `num_steps` more.
+  On clean samples the residual is 0 (to float precision) for about 97% of hard fonts images
+  (benchmarks/projection.py); the rest end in a nearby font's or a local minimum.
+
+  Args:
+    candidate: optional (font, theta) of a known point on each image's class manifold (e.g. the
+      clean image an adversarial example was made from); the result is never farther than it.
+    num_random: extra uniformly random starts per font (from `key`).
+    learning_rate: ignored (the Adam projection it tuned is gone); kept for old configs.
   """
+  del learning_rate
+  if candidate is None:
+    font0 = theta0 = None
+  else:
+    font0 = jnp.asarray(candidate[0], jnp.int32)
+    theta0 = jnp.asarray(candidate[1], jnp.float32)
+  key = jax.random.key(0) if key is None else key
   return _project(jnp.asarray(images), jnp.asarray(labels), key, jnp.asarray(fonts.prototypes),
-                  jnp.asarray(fonts.ranges), fonts.font_names, num_candidates, num_restarts,
-                  num_steps, learning_rate)
+                  jnp.asarray(fonts.ranges), font0, theta0, num_candidates=num_candidates,
+                  num_restarts=num_restarts, num_steps=num_steps, num_random=num_random,
+                  schedule=tuple(tuple(stage) for stage in schedule))
