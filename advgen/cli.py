@@ -17,7 +17,7 @@ SCRIPT_FIELDS = {
     'scripts/train_classifier.py': ('num_models', 'variant', 'optimizer'),
     'scripts/train_generator.py': ('loss', 'class_specific', 'optimizer'),
     'scripts/attack.py': ('attacks', 'num_images'),
-    'scripts/bounds.py': ('classifiers', 'generator', 'modulus'),
+    'scripts/study.py': ('study',),
 }
 
 
@@ -88,7 +88,7 @@ def _explain(error, argv):
   if unknown:
     return unknown
   if isinstance(error, flags.UnrecognizedFlagError):
-    return f'unknown flag --{error.flagname}; the flags are --config and --workdir'
+    return f'unknown flag --{error.flagname}; see --helpshort for the flags'
   if 'must have a value other than None' in text:
     flag = text.split('--')[1].split('=')[0]
     return f'--{flag} is required: pass --{flag}=...'

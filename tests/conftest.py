@@ -36,9 +36,11 @@ def private_tempdir(tmp_path_factory):
 
 
 def configured(path, **overrides):
-  """The config file at `path` with dotted-key overrides, e.g. `**{"model.name": "mlp"}`."""
+  """The config file at `path` (`FILE.py:ARG` passes ARG to get_config) with dotted-key
+  overrides, e.g. `**{"model.name": "mlp"}`."""
   from advgen.cli import load_config
-  config = load_config(path)
+  path, *args = path.split('.py:')
+  config = load_config(path if path.endswith('.py') else path + '.py', *args)
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
     target = config

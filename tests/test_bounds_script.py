@@ -1,4 +1,4 @@
-"""scripts/bounds.py on configs/bounds_tiny.py: models trained once, reused on a rerun, results
+"""scripts/study.py on configs/studies/bounds_tiny.py: models trained once, reused on a rerun, results
 complete and consistent with the bounds library."""
 
 import json
@@ -20,7 +20,7 @@ from conftest import ROOT
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('bounds') / 'run')
-  config = load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py'))
+  config = load_config(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'))
   return workdir, config, experiment.run(config, workdir)
 
 
@@ -90,7 +90,7 @@ def test_rerun_reuses_trained_models_and_keeps_results(tiny, tmp_path):
     np.testing.assert_allclose(again['classifiers'][name]['per_example']['r_z'],
                                entry['per_example']['r_z'], rtol=1e-5)
   os.remove(os.path.join(copy, experiment.RESULTS))
-  changed = load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py'))
+  changed = load_config(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'))
   with changed.unlocked():
     changed.p = 0.5
   with pytest.raises(UserError, match='different config'):
@@ -99,8 +99,8 @@ def test_rerun_reuses_trained_models_and_keeps_results(tiny, tmp_path):
 
 def test_script_refuses_a_finished_workdir_with_one_line(tiny):
   workdir, _, _ = tiny
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'bounds.py'),
-                         '--config=' + os.path.join(ROOT, 'configs', 'bounds_tiny.py'),
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'study.py'),
+                         '--config=' + os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'),
                          '--workdir=' + workdir], capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
@@ -117,20 +117,20 @@ def test_every_setting_is_checked_before_any_work(tmp_path, overrides, message):
   """Late settings (the modulus, after training the generator) and the sub-runs' configs fail
   first; nothing is recorded, so the corrected command is accepted on the same workdir."""
   from conftest import configured
-  config = configured(os.path.join(ROOT, 'configs', 'bounds_tiny.py'), **overrides)
+  config = configured(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'), **overrides)
   with pytest.raises(UserError, match=message):
     experiment.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'config.json')
-  experiment.validate(load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py')))
+  experiment.validate(load_config(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py')))
 
 
 def test_bad_settings_are_user_errors(tmp_path):
-  config = load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py'))
+  config = load_config(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'))
   with config.unlocked():
     config.p = 1.0
   with pytest.raises(UserError, match='config.p'):
     experiment.run(config, str(tmp_path / 'a'))
-  config = load_config(os.path.join(ROOT, 'configs', 'bounds_tiny.py'))
+  config = load_config(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'))
   with config.unlocked():
     config.generator.class_specific = True
   with pytest.raises(UserError, match='class_specific'):

@@ -17,8 +17,8 @@ CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'fonts_augment
 
 
 def test_every_config_documents_its_command():
-  for path in glob.glob(os.path.join(ROOT, 'configs', '*.py')):
-    name = os.path.basename(path)
+  for path in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True):
+    name = os.path.relpath(path, os.path.join(ROOT, 'configs'))
     module_doc = open(path).read().split('"""')[1]
     assert f'--config=configs/{name}' in module_doc, name
 

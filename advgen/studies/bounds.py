@@ -219,11 +219,22 @@ def run(config, workdir):
 
 
 def write_report(results, workdir):
-  """report.md and the figures into `workdir`, from the results alone (nothing recomputed)."""
+  """report.md and the figures into `workdir`, from the results alone (nothing recomputed);
+  returns the table."""
+  table = report.table_markdown(results)
   with open(os.path.join(workdir, TABLE), 'w') as f:
-    f.write(report.table_markdown(results))
+    f.write(table)
   report.plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
   report.plot_figure2(results['figure2'], os.path.join(workdir, FIGURE2))
+  return table
+
+
+def stored(workdir):
+  """The results.json of a finished bounds study in `workdir`."""
+  path = os.path.join(workdir, RESULTS)
+  if not os.path.exists(path):
+    raise UserError(f'{path} does not exist: run the study before --report_only')
+  return workdir_lib.read_json(path)
 
 
 def _examples_figure(decode_fn, z, examples, path, count=8):

@@ -1,6 +1,6 @@
 """A seconds-long bounds run for tests: a tiny VAE and MLP on 300 fonts images, 40 samples.
 
-  python scripts/bounds.py --config=configs/bounds_tiny.py --workdir=/tmp/advgen/bounds_tiny
+  python scripts/study.py --config=configs/studies/bounds_tiny.py --workdir=/tmp/advgen/bounds_tiny
 """
 
 import os

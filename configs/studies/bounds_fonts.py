@@ -1,6 +1,6 @@
 """Fawzi et al.'s bounds next to measured robustness on fonts (their Tables 1-2 and Figure 2).
 
-  python scripts/bounds.py --config=configs/bounds_fonts.py --workdir=/tmp/advgen/bounds_fonts
+  python scripts/study.py --config=configs/studies/bounds_fonts.py --workdir=/tmp/advgen/bounds_fonts
 
 A class-agnostic VAE (Gaussian prior, latent size 10) trained on fonts images is the generator g;
 Stutz's conv net and an MLP trained on the real fonts training set are the classifiers. On 500
@@ -17,7 +17,7 @@ import ml_collections
 
 from advgen.cli import load_config
 
-_DIR = os.path.dirname(__file__)
+_DIR = os.path.dirname(os.path.dirname(__file__))
 
 
 def generator_config():
@@ -45,6 +45,7 @@ def classifier_configs():
 
 def get_config():
   config = ml_collections.ConfigDict()
+  config.study = 'bounds'
   config.seed = 0
   config.generator = generator_config()
   config.classifiers = ml_collections.ConfigDict(classifier_configs())

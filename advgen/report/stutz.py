@@ -1,0 +1,201 @@
+"""Stutz et al.'s study as tables, findings and figures, from the cells' stored summaries.
+
+A cell is one (training-set size N, training variant) with K seeds; its summary (`cell.json`,
+written by `advgen.studies.stutz`) holds per-model metrics in the layout of `advgen.results`:
+`test_error` and, per attack, `ATTACK/success_rate` (the per-restart average, Stutz's
+definition), `ATTACK/success_rate_any`, and distance statistics where measured. Everything here
+reads those numbers only, so `--report_only` rebuilds the report in seconds.
+"""
+
+import os
+
+import numpy as np
+
+REPORT = 'report.md'
+FIGURES = 'figures'
+
+
+def _cells_by(cells, variant):
+  return sorted((c for c in cells if c['variant'] == variant), key=lambda c: c['num_train'])
+
+
+def _mean_std(cell, metric):
+  if metric not in cell['mean']:
+    return np.nan, np.nan
+  return cell['mean'][metric], cell['std'][metric]
+
+
+def _cell_text(cell, metric):
+  mean, std = _mean_std(cell, metric) if cell else (np.nan, np.nan)
+  return '–' if not np.isfinite(mean) else f'{mean:.3f} ± {std:.3f}'
+
+
+def table(cells, metric, title):
+  """Markdown: rows N, columns variants, entries mean ± std over the seeds."""
+  variants = sorted({c['variant'] for c in cells}, key=_variant_order)
+  sizes = sorted({c['num_train'] for c in cells})
+  lookup = {(c['variant'], c['num_train']): c for c in cells}
+  lines = [f'**{title}**', '', '| N | ' + ' | '.join(variants) + ' |',
+           '|---|' + '---|' * len(variants)]
+  for n in sizes:
+    lines.append(f'| {n} | ' + ' | '.join(_cell_text(lookup.get((v, n)), metric)
+                                         for v in variants) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+_ORDER = ('normal', 'augmentation', 'adversarial', 'fast', 'trades', 'free',
+          'adversarial_transformation', 'on_true_manifold', 'on_learned_manifold', 'combined')
+
+
+def _variant_order(name):
+  return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
+
+
+def attack_names(cells):
+  names = set()
+  for cell in cells:
+    names |= {m.split('/')[0] for m in cell['mean'] if m.endswith('/success_rate')}
+  return sorted(names)
+
+
+def _series(cells, variant, metric):
+  """(N, mean, std) arrays of `metric` over the cells of `variant` that have it."""
+  rows = [(c['num_train'], *_mean_std(c, metric)) for c in _cells_by(cells, variant)]
+  rows = [r for r in rows if np.isfinite(r[1])]
+  return tuple(np.array(col, np.float64) for col in zip(*rows)) if rows else (np.array([]),) * 3
+
+
+def _points(cells, variant, x_metric, y_metric):
+  """Per-model (x, y) pairs of two metrics over every cell of `variant`."""
+  xs, ys = [], []
+  for cell in _cells_by(cells, variant):
+    if x_metric in cell['per_model'] and y_metric in cell['per_model']:
+      xs += cell['per_model'][x_metric]
+      ys += cell['per_model'][y_metric]
+  return np.array(xs, np.float64), np.array(ys, np.float64)
+
+
+def _fit(x, y):
+  """(slope, intercept, Pearson r) of a least-squares line; NaN where undefined."""
+  if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    return np.nan, np.nan, np.nan
+  slope, intercept = np.polyfit(x, y, 1)
+  return float(slope), float(intercept), float(np.corrcoef(x, y)[0, 1])
+
+
+def findings(cells, regular='pgd_linf', on_manifold='on_true_manifold'):
+  """The paper's qualitative claims, each checked against the numbers (it says so if one fails
+  or cannot be checked)."""
+  out = []
+  on_rate, reg_rate = f'{on_manifold}/success_rate', f'{regular}/success_rate'
+  n, on_mean, _ = _series(cells, 'normal', on_rate)
+  if n.size >= 2:
+    falls = on_mean[-1] < on_mean[0]
+    out.append(f'On-manifold success {"falls" if falls else "does not fall"} with N for normal '
+               f'training: {on_mean[0]:.3f} at N = {n[0]:g}, {on_mean[-1]:.3f} at N = {n[-1]:g}.')
+  x, y = _points(cells, 'normal', 'test_error', on_rate)
+  slope, _, r = _fit(x, y)
+  if np.isfinite(r):
+    out.append(f'On-manifold success {"tracks" if r > 0.5 else "does not track"} test error '
+               f'(normal training, {x.size} models): Pearson r = {r:.2f}, slope {slope:.2f}.')
+  x, y = _points(cells, 'normal', 'test_error', reg_rate)
+  slope, _, r = _fit(x, y)
+  if np.isfinite(slope):
+    flat = abs(slope) < 1.0 or abs(r) < 0.5
+    out.append(f'Regular success {"does not depend" if flat else "depends"} on test error '
+               f'(normal training): slope {slope:.2f}, Pearson r = {r:.2f}, mean success '
+               f'{np.mean(y):.3f}.')
+  elif x.size:
+    out.append(f'Regular success is {np.mean(y):.3f} for every normally trained model, whatever '
+               'its test error (no variation to fit).')
+  for variant in ('on_true_manifold', 'on_learned_manifold'):
+    n_adv, err_adv, _ = _series(cells, variant, 'test_error')
+    n_nor, err_nor, _ = _series(cells, 'normal', 'test_error')
+    if n_adv.size and n_nor.size and n_adv[0] == n_nor[0]:
+      lower = err_adv[0] < err_nor[0]
+      out.append(f'{variant} adversarial training {"lowers" if lower else "does not lower"} '
+                 f'test error at N = {n_adv[0]:g}: {err_adv[0]:.3f} against {err_nor[0]:.3f} '
+                 'for normal training.')
+  ratio = f'{regular}/manifold_true_ratio_median'
+  values = [c['mean'][ratio] for c in cells if ratio in c['mean']]
+  if values:
+    median = float(np.median(values))
+    out.append(f'Regular adversarial examples {"leave" if median > 0.5 else "do not leave"} the '
+               f'manifold: their distance to it is a median {median:.2f} of the perturbation '
+               'norm (1: orthogonal).')
+  return out or ['Too few cells to check the paper\'s findings.']
+
+
+def markdown(cells, title):
+  attacks = attack_names(cells)
+  parts = [f'# {title}', '', f'{len(cells)} cells (training-set size N x training variant), '
+           f'mean ± std over the seeds of each cell.', '', '## Findings', '']
+  parts += [f'- {line}' for line in findings(cells)] + ['']
+  parts.append(table(cells, 'test_error', 'Test error'))
+  for name in attacks:
+    parts.append(table(cells, f'{name}/success_rate',
+                       f'{name}: success rate (per restart, on correctly classified inputs)'))
+    parts.append(table(cells, f'{name}/success_rate_any', f'{name}: success rate (any restart)'))
+    for metric, label in (('manifold_true_distance_median', 'median distance to the true manifold'),
+                          ('manifold_true_ratio_median', 'median distance to the true manifold '
+                           '/ ||x_adv - x||_2'), ('validity', 'learned on-manifold validity')):
+      if any(f'{name}/{metric}' in c['mean'] for c in cells):
+        parts.append(table(cells, f'{name}/{metric}', f'{name}: {label}'))
+  parts.append('Figures: ' + ', '.join(f'`{FIGURES}/{f}`' for f in FIGURE_NAMES) + '.')
+  return '\n'.join(parts) + '\n'
+
+
+FIGURE_NAMES = ('fig5_on_manifold.png', 'fig6_regular.png', 'fig7_variants.png')
+
+
+def _axes(ncols):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  figure = Figure(figsize=(4.2 * ncols, 3.4), layout='constrained')
+  FigureCanvasAgg(figure)
+  return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
+def _against_n(ax, cells, variants, metric, label):
+  for variant in variants:
+    n, mean, std = _series(cells, variant, metric)
+    if n.size:
+      ax.errorbar(n, mean, yerr=std, marker='o', capsize=3, label=variant)
+  ax.set_xscale('log')
+  ax.set_xlabel('training-set size N')
+  ax.set_ylabel(label)
+  ax.legend(fontsize=7)
+
+
+def _against_error(ax, cells, variant, metric, label):
+  x, y = _points(cells, variant, 'test_error', metric)
+  ax.scatter(x, y, s=14, label=f'{variant} models')
+  slope, intercept, r = _fit(x, y)
+  if np.isfinite(slope):
+    grid = np.linspace(x.min(), x.max(), 20)
+    ax.plot(grid, slope * grid + intercept, 'k--', lw=1, label=f'fit, r = {r:.2f}')
+  ax.set_xlabel('test error')
+  ax.set_ylabel(label)
+  ax.legend(fontsize=7)
+
+
+def figures(cells, directory, regular='pgd_linf', on_manifold='on_true_manifold'):
+  """Counterparts of Stutz et al.'s Figs. 5, 6 and 7 as PNGs in `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  variants = sorted({c['variant'] for c in cells}, key=_variant_order)
+  on_rate, reg_rate = f'{on_manifold}/success_rate', f'{regular}/success_rate'
+  figure, axes = _axes(3)
+  _against_n(axes[0], cells, variants, on_rate, f'{on_manifold} success rate')
+  _against_n(axes[1], cells, variants, 'test_error', 'test error')
+  _against_error(axes[2], cells, 'normal', on_rate, f'{on_manifold} success rate')
+  figure.savefig(os.path.join(directory, FIGURE_NAMES[0]), dpi=110)
+  figure, axes = _axes(2)
+  _against_n(axes[0], cells, variants, reg_rate, f'{regular} success rate')
+  _against_error(axes[1], cells, 'normal', reg_rate, f'{regular} success rate')
+  figure.savefig(os.path.join(directory, FIGURE_NAMES[1]), dpi=110)
+  figure, axes = _axes(2)
+  for ax, metric, label in ((axes[0], 'test_error', 'test error'),
+                            (axes[1], on_rate, f'{on_manifold} success rate')):
+    _against_n(ax, cells, variants, metric, label)
+  figure.savefig(os.path.join(directory, FIGURE_NAMES[2]), dpi=110)
+  return [os.path.join(directory, name) for name in FIGURE_NAMES]

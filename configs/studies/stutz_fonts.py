@@ -1,0 +1,84 @@
+"""Stutz et al.'s study on fonts: training-set sizes x training variants, K seeds per cell, each
+cell attacked in image space, on the true manifold and on the learned manifold (class-specific
+VAE-GANs trained once on the whole pool), then report.md and figures.
+
+  python scripts/study.py --config=configs/studies/stutz_fonts.py --workdir=/tmp/advgen/stutz
+  python scripts/study.py --config=configs/studies/stutz_fonts.py:quick --workdir=/tmp/advgen/quick
+
+The full config is the paper's grid (N from 250 to 40,000, 5 seeds, every variant, 1000 test
+images). `:quick` is N in {250, 1000, 4000}, 2 seeds, normal / adversarial / on-true-manifold /
+on-learned-manifold training, 500 test images, shorter training and attacks, and a smaller
+generator. `:tiny` is for tests. Every grid entry is a plain list, e.g.
+--config.train_sizes='(500,2000)' --config.variants='("normal","adversarial")'.
+"""
+
+import os
+
+import ml_collections
+
+from advgen.cli import load_config
+
+_DIR = os.path.dirname(os.path.dirname(__file__))
+SIZES = (250, 500, 1000, 1500, 2000, 2500, 5000, 7500, 10000, 15000, 20000, 30000, 40000)
+VARIANTS = ('normal', 'augmentation', 'adversarial', 'adversarial_transformation',
+            'on_true_manifold', 'on_learned_manifold', 'combined')
+
+
+def _config(name, *args):
+  return load_config(os.path.join(_DIR, name), *args)
+
+
+def get_config(size=None):
+  if size not in (None, 'quick', 'tiny'):
+    raise ValueError(f'unknown argument {size!r}; use stutz_fonts.py, stutz_fonts.py:quick or '
+                     'stutz_fonts.py:tiny')
+  config = ml_collections.ConfigDict()
+  config.study = 'stutz'
+  config.title = "Stutz et al.'s study on fonts"
+  config.seed = 0
+  config.num_models = 5
+  config.train_sizes = SIZES
+  config.variants = VARIANTS
+  config.classifier = _config('fonts.py')
+  config.generator = _config('vaegan_fonts.py')
+  config.generator.dataset.num_train = max(SIZES)  # the whole training pool
+  config.attack = _config('attack_fonts_learned.py')
+  config.attack.attacks.pgd_linf = dict(config.attack.attacks.on_true_manifold, attack='pgd_linf')
+  config.attack.num_images = 1000
+  config.attack.distance.methods = ('true',)
+  config.launcher = ml_collections.ConfigDict(dict(partition='', gpus_per_node=1,
+                                                   cpus_per_task=8, timeout_min=240))
+  if size == 'quick':
+    _quick(config)
+  elif size == 'tiny':
+    _tiny(config)
+  return config
+
+
+def _quick(config):
+  config.num_models = 2
+  config.train_sizes = (250, 1000, 4000)
+  config.variants = ('normal', 'adversarial', 'on_true_manifold', 'on_learned_manifold')
+  config.classifier.num_epochs = 10
+  config.classifier.variant.num_steps = 10
+  config.classifier.variant.step_size = 0.02
+  config.generator.dataset.num_train = 4000
+  config.generator.num_epochs = 10
+  config.generator.eval.num_distance = 0
+  config.attack.num_images = 500
+  config.attack.distance.num_images = 100
+  config.attack.distance.true = dict(num_candidates=16, num_restarts=2, num_steps=40)
+
+
+def _tiny(config):
+  """Two cells (normal and on-true-manifold training at N = 100), 2 seeds, no generator."""
+  config.num_models = 2
+  config.train_sizes = (100,)
+  config.variants = ('normal', 'on_true_manifold')
+  config.classifier = _config('fonts_tiny.py')
+  config.classifier.variant.num_steps = 2
+  config.generator = _config('vaegan_fonts_tiny.py')
+  config.attack = _config('attack_fonts_tiny.py')
+  del config.attack.attacks['cw_l2']
+  del config.attack.attacks['deepfool']
+  config.attack.distance.methods = ('true',)

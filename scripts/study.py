@@ -1,0 +1,57 @@
+"""Runs a study end to end — Stutz et al.'s (training-set sizes x variants x seeds, attacked) or
+Fawzi et al.'s bounds report — and writes report.md and figures into --workdir.
+
+  python scripts/study.py --config=configs/studies/stutz_fonts.py:quick --workdir=/tmp/advgen/quick
+  python scripts/study.py --config=configs/studies/bounds_fonts.py --workdir=/tmp/advgen/bounds
+
+Run it again on the same workdir to resume (finished cells are skipped). --report_only rebuilds
+the report from the stored results; --launcher=slurm submits every cell as a submitit job;
+--shard_index/--shard_count run a deterministic share of the cells (SLURM arrays, Kubernetes
+indexed jobs).
+"""
+
+from absl import flags
+
+from advgen import cli
+from advgen.errors import UserError
+from advgen.studies import bounds, launch, stutz
+
+_CONFIG, _WORKDIR = cli.config_and_workdir_flags(
+    'scripts/study.py', 'Study config file (configs/studies/).', 'Directory of the study.')
+_LAUNCHER = flags.DEFINE_string('launcher', 'local', f'One of {", ".join(launch.LAUNCHERS)}.')
+_SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which share of the cells to run.')
+_SHARD_COUNT = flags.DEFINE_integer('shard_count', 1, 'In how many shares the cells are split.')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Rebuild the report from stored results.')
+
+
+def main(argv):
+  del argv
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  if _LAUNCHER.value not in launch.LAUNCHERS:
+    raise UserError(f'unknown --launcher={_LAUNCHER.value}; choose one of '
+                    f'{", ".join(launch.LAUNCHERS)}')
+  if not 0 <= _SHARD_INDEX.value < _SHARD_COUNT.value:
+    raise UserError(f'--shard_index={_SHARD_INDEX.value} must be in [0, --shard_count='
+                    f'{_SHARD_COUNT.value})')
+  if config.study == 'bounds':
+    text = bounds.write_report(bounds.stored(workdir), workdir) if _REPORT_ONLY.value else (
+        bounds.run(config, workdir)['table'])
+  elif config.study != 'stutz':
+    raise UserError(f'unknown config.study {config.study!r}; choose stutz or bounds')
+  elif _REPORT_ONLY.value:
+    stutz.prepare(config, workdir)
+    text = stutz.write_report(config, workdir)
+  elif _LAUNCHER.value != 'local':
+    jobs = launch.submit(config, workdir, _LAUNCHER.value)
+    text = f'submitted {len(jobs)} jobs: ' + ' '.join(str(job.job_id) for job in jobs) + '\n'
+  else:
+    stutz.run(config, workdir, _SHARD_INDEX.value, _SHARD_COUNT.value)
+    done = len(stutz.finished(config, workdir))
+    total = len(stutz.cells(config))
+    text = (open(stutz.report_path(workdir)).read() if done == total else
+            f'{done}/{total} cells done; run the remaining shards, then --report_only\n')
+  print(text, end='')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,146 @@
+"""scripts/study.py: Stutz et al.'s study end to end on a tiny grid — cells, resume, shards,
+--report_only, the submitit launcher — and the report's numbers against the cells'."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from advgen.errors import UserError
+from advgen.report import stutz as report
+from advgen.studies import launch, stutz
+from advgen.train import workdir as workdir_lib
+from conftest import ROOT, configured
+
+TINY = os.path.join(ROOT, 'configs', 'studies', 'stutz_fonts.py')
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('study') / 'run')
+  config = configured(TINY + ':tiny')
+  stutz.run(config, workdir)
+  return workdir, config
+
+
+def _copy(workdir, tmp_path):
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def test_the_study_writes_cells_the_report_and_figures(study):
+  workdir, config = study
+  assert stutz.finished(config, workdir) == stutz.cells(config)
+  text = open(os.path.join(workdir, 'report.md')).read()
+  for name in report.FIGURE_NAMES:
+    assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 0
+  cell = workdir_lib.read_json(os.path.join(stutz.cell_dir(workdir, 'normal', 100), 'cell.json'))
+  trained = workdir_lib.read_json(os.path.join(stutz.cell_dir(workdir, 'normal', 100),
+                                               'results.json'))
+  assert cell['per_model']['test_error'] == trained['per_model']['test_error']
+  assert len(cell['per_model']['pgd_linf/success_rate']) == 2  # K seeds
+  # The report's table holds the cells' numbers.
+  mean, std = cell['mean']['test_error'], cell['std']['test_error']
+  assert f'| 100 | {mean:.3f} ± {std:.3f} |' in text
+  assert '## Findings' in text and 'on_true_manifold adversarial training' in text
+
+
+def test_report_only_rebuilds_the_same_report(study, tmp_path):
+  workdir, config = study
+  copy = _copy(workdir, tmp_path)
+  os.remove(os.path.join(copy, 'report.md'))
+  shutil.rmtree(os.path.join(copy, 'figures'))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'study.py'),
+                         f'--config={TINY}:tiny', f'--workdir={copy}', '--report_only'],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  expected = open(os.path.join(workdir, 'report.md')).read()
+  assert open(os.path.join(copy, 'report.md')).read() == expected
+  assert proc.stdout == expected
+  for name in report.FIGURE_NAMES:
+    assert os.path.getsize(os.path.join(copy, 'figures', name)) > 0
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'study.py'),
+                         f'--config={TINY}:tiny', f'--workdir={copy}', '--report_only',
+                         '--config.num_models=3'], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 2 and 'different config' in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_killed_study_resumes_to_the_same_report(study, tmp_path, monkeypatch):
+  workdir, config = study
+  copy = _copy(workdir, tmp_path)
+  cell = stutz.cell_dir(copy, 'on_true_manifold', 100)
+  first = os.path.getmtime(os.path.join(stutz.cell_dir(copy, 'normal', 100), 'cell.json'))
+  # Killed while attacking the second cell: its summary and attack results are missing.
+  os.remove(os.path.join(cell, 'cell.json'))
+  shutil.rmtree(os.path.join(cell, 'attacks'))
+  os.remove(os.path.join(copy, 'report.md'))
+  ran = []
+  monkeypatch.setattr(stutz.runs, 'train_classifier',
+                      lambda *a: ran.append(a) or pytest.fail('a finished training ran again'))
+  stutz.run(config, copy)
+  assert not ran
+  assert os.path.getmtime(os.path.join(stutz.cell_dir(copy, 'normal', 100), 'cell.json')) == first
+  assert open(os.path.join(copy, 'report.md')).read() == open(
+      os.path.join(workdir, 'report.md')).read()
+
+
+def test_shards_split_the_cells_deterministically(study, tmp_path):
+  workdir, config = study
+  cells = stutz.cells(config)
+  assert cells == [('normal', 100), ('on_true_manifold', 100)]
+  copy = _copy(workdir, tmp_path)
+  for variant, n in cells:
+    os.remove(os.path.join(stutz.cell_dir(copy, variant, n), 'cell.json'))
+  os.remove(os.path.join(copy, 'report.md'))
+  done = stutz.run(config, copy, shard_index=1, shard_count=2)
+  assert [(s['variant'], s['num_train']) for s in done] == [cells[1]]
+  assert not os.path.exists(os.path.join(copy, 'report.md'))  # shard 0 is missing
+  with pytest.raises(UserError, match='1 cells are not finished'):
+    stutz.write_report(config, copy)
+
+
+def test_the_submitit_local_executor_runs_missing_cells_as_jobs(study, tmp_path):
+  pytest.importorskip('submitit')
+  workdir, config = study
+  copy = _copy(workdir, tmp_path)
+  os.remove(os.path.join(stutz.cell_dir(copy, 'normal', 100), 'cell.json'))
+  os.remove(os.path.join(copy, 'report.md'))
+  jobs = launch.submit(config, copy, 'submitit_local')
+  assert len(jobs) == 2  # the missing cell, then the report
+  assert all(job.state in ('DONE', 'COMPLETED', 'FINISHED') for job in jobs), [
+      job.state for job in jobs]
+  assert open(os.path.join(copy, 'report.md')).read() == open(
+      os.path.join(workdir, 'report.md')).read()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'variants': ('normal', 'magic')}, "unknown training variant 'magic'"),
+    ({'train_sizes': (100, -5)}, 'train_sizes must be positive'),
+    ({'attack.attacks.pgd_linf.epsilon': -0.3}, 'epsilon must be a positive'),
+    ({'classifier.num_epochs': 0}, 'num_epochs must be a positive integer'),
+])
+def test_bad_study_configs_fail_before_any_work(tmp_path, overrides, message):
+  config = configured(TINY + ':tiny', **overrides)
+  with pytest.raises(UserError, match=message):
+    stutz.run(config, str(tmp_path / 'study'))
+  assert not os.path.exists(tmp_path / 'study')
+
+
+def test_findings_are_computed_from_the_numbers():
+  def cell(variant, n, error, on, regular):
+    per_model = {'test_error': [error, error], 'on_true_manifold/success_rate': [on, on],
+                 'pgd_linf/success_rate': [regular, regular]}
+    mean = {k: float(np.mean(v)) for k, v in per_model.items()}
+    return {'variant': variant, 'num_train': n, 'per_model': per_model, 'mean': mean,
+            'std': {k: 0.0 for k in per_model}}
+  cells = [cell('normal', 250, 0.3, 0.9, 1.0), cell('normal', 1000, 0.2, 0.6, 1.0),
+           cell('normal', 4000, 0.1, 0.4, 1.0), cell('on_true_manifold', 250, 0.2, 0.5, 1.0)]
+  lines = report.findings(cells)
+  assert 'On-manifold success falls with N for normal training: 0.900 at N = 250, 0.400' in lines[0]
+  assert 'tracks test error' in lines[1] and 'r = 0.99' in lines[1]
+  assert 'Regular success is 1.000 for every normally trained model' in lines[2]
+  assert 'lowers test error at N = 250: 0.200 against 0.300' in lines[3]
