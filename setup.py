@@ -24,7 +24,9 @@ setup(
         'pillow>=10.0',
     ],
     extras_require={
-        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'hypothesis>=6.100'],
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'hypothesis>=6.100', 'submitit>=1.5'],
+        # scripts/study.py --launcher=slurm: every cell a SLURM job through submitit.
+        'cluster': ['submitit>=1.5'],
         # mutmut 2.x: it mutates a copy in place and runs a command per mutant (3.x forks the
         # pytest process, which keeps JAX's compiled programs of the unmutated code).
         'dev': ['mutmut>=2.5,<3'],
