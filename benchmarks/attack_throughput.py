@@ -1,27 +1,34 @@
-"""PGD throughput: the JAX PGD engine against a bare input-gradient and against torchattacks.
+"""PGD throughput at several batch sizes: advgen's engine against torchattacks and a bare gradient.
 
-    python benchmarks/attack_throughput.py [--batch 100] [--steps 40] [--repeats 10] [--models 5]
+    python benchmarks/attack_throughput.py [--batches 100,250,1000] [--steps 40] [--repeats 5]
+        [--models 5]
 
-On Stutz et al.'s conv net (28x28x1, batch 100, random weights and batch statistics) it prints
-PGD image-steps per second, their ratio to bare jitted `value_and_grad` evaluations of the loss
-with respect to the input on the same batch (the cost floor of one step), and, when torch and
-torchattacks are importable, the ratio to torchattacks.PGD on the same architecture and weights.
-It then attacks `--models` such nets the way `scripts/attack.py` does, in one program
-(`robustness.attack_models`), and prints its speed against attacking them one after another and
-against a plain `vmap` over the stacked models.
+On Stutz et al.'s conv net (28x28x1, random weights and batch statistics) it prints, per batch
+size, PGD-40 image-steps per second of advgen (`attacks.pgd`, which runs the classifier in
+chunks of `pgd.CPU_CHUNK_SIZE` images on CPU; every step runs, `early_exit=False`, as in
+torchattacks), of the same attack unchunked (`chunk_size=0`), of
+bare jitted input gradients, and of torchattacks.PGD on the same architecture and weights, and
+the ratio advgen / torchattacks. torch runs with 1 thread and with all cores and keeps the faster
+(torch's OpenMP threads slow down badly on a shared machine). torch and torchattacks are
+benchmark-only dependencies (`pip install torch torchattacks`); without them the comparison is
+skipped. At the first batch size it then attacks `--models` such nets the way `scripts/attack.py`
+does, in one program (`studies.attack.attack_models`), against one after another and a plain
+`vmap` (`--models 0` skips it).
 The methods are timed in turns within one run, so a busy machine slows them alike; each figure is
 the fastest of `--repeats` rounds.
 """
 
 import argparse
+import os
 import time
 
 import jax
 import numpy as np
 import optax
 
-from advgen import attacks, models, robustness
-from advgen.train import state as state_lib
+from advgen import attacks, models
+from advgen.models import stacked
+from advgen.studies import attack as attack_study
 
 EPSILON, STEP_SIZE = 0.3, 0.01
 
@@ -43,19 +50,19 @@ def model_runners(num_models, x, y, steps):
   """Callables attacking `num_models` stacked nets: as scripts/attack.py does, one after another,
   and vmapped."""
   module, _ = _variables(jax.random.key(0))
-  stacked = state_lib.stack([_variables(k)[1]
-                             for k in jax.random.split(jax.random.key(4), num_models)])
-  attack = robustness.build_attack(
-      dict(attack='pgd_linf', epsilon=EPSILON, num_steps=steps, step_size=STEP_SIZE), None)
-  key = jax.random.key(0)
-  one = lambda v: attack(models.logits_fn(module, v), x, y, key, {})
+  variables = stacked.stack([_variables(k)[1]
+                              for k in jax.random.split(jax.random.key(4), num_models)])
+  attack = attacks.build(dict(attack='pgd_linf', epsilon=EPSILON, num_steps=steps,
+                              step_size=STEP_SIZE))
+  key, batch = jax.random.key(0), {'image': x, 'label': y}
+  one = lambda v: attack(models.logits_fn(module, v), batch, key)
   single, vmapped = jax.jit(one), jax.jit(jax.vmap(one))
-  per_model = [jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(num_models)]
+  per_model = [stacked.select(variables, k) for k in range(num_models)]
   return {
-      'together': lambda: jax.block_until_ready(robustness.attack_models(
-          stacked, x, y, key, {}, module=module, attack=attack)),
+      'together': lambda: jax.block_until_ready(attack_study.attack_models(
+          variables, batch, key, module=module, attack=attack)),
       'one_by_one': lambda: jax.block_until_ready([single(v) for v in per_model]),
-      'vmapped': lambda: jax.block_until_ready(vmapped(stacked)),
+      'vmapped': lambda: jax.block_until_ready(vmapped(variables)),
   }
 
 
@@ -66,15 +73,17 @@ def _seconds(fn):
 
 
 def jax_runners(logits_fn, x, y, steps):
-  """Callables for one PGD attack and for `steps` bare input-gradient evaluations."""
+  """Callables for PGD (chunked by default, and unchunked) and for `steps` bare input-gradient
+  evaluations."""
   loss = lambda images: optax.softmax_cross_entropy_with_integer_labels(logits_fn(images), y).sum()
   gradient = jax.jit(jax.value_and_grad(loss))
   threat = attacks.LinfBall(x, EPSILON)
   key = jax.random.key(0)
 
-  def pgd():
-    return jax.block_until_ready(
-        attacks.pgd(logits_fn, threat, y, key, num_steps=steps, step_size=STEP_SIZE))
+  def pgd(**options):
+    return lambda: jax.block_until_ready(attacks.pgd(
+        logits_fn, threat, y, key, num_steps=steps, step_size=STEP_SIZE, early_exit=False,
+        **options))
 
   def gradients():
     out = None
@@ -82,7 +91,8 @@ def jax_runners(logits_fn, x, y, steps):
       out = gradient(x)
     return jax.block_until_ready(out)
 
-  return pgd, gradients
+  return {'advgen_pgd': pgd(), 'advgen_pgd_unchunked': pgd(chunk_size=0),
+          'bare_gradient': gradients}
 
 
 def _same_padding(size):
@@ -160,53 +170,75 @@ def torch_runner(variables, x, y, steps, reference_logits):
   if gap > 1e-4:
     raise SystemExit(f'the torch copy disagrees with the Flax model (max logits gap {gap:.2e})')
   attack = torchattacks.PGD(model, eps=EPSILON, alpha=STEP_SIZE, steps=steps, random_start=True)
-  return (lambda: attack(images, labels)), (f'torch {torch.__version__} '
-                                            f'(threads {torch.get_num_threads()}), '
-                                            f'max |logits gap| vs flax {gap:.2e}')
+
+  def run(threads):
+    def attack_with_threads():
+      torch.set_num_threads(threads)
+      return attack(images, labels)
+    return attack_with_threads
+
+  threads = sorted({1, os.cpu_count() or 1})
+  runners = {f'torchattacks_pgd_{t}_threads': run(t) for t in threads}
+  return runners, f'torch {torch.__version__}, max |logits gap| vs flax {gap:.2e}'
+
+
+def _best_seconds(runners, repeats):
+  for run in runners.values():  # compile and warm up
+    run()
+  best = {name: float('inf') for name in runners}
+  for _ in range(repeats):  # in turns, so load changes hit every method
+    for name, run in runners.items():
+      best[name] = min(best[name], _seconds(run))
+  return best
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=100)
+  parser.add_argument('--batches', default='100,250,1000')
   parser.add_argument('--steps', type=int, default=40)
-  parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--models', type=int, default=5)
   args = parser.parse_args()
 
   module, variables = _variables(jax.random.key(0))
   logits_fn = models.logits_fn(module, variables)
-  x = jax.random.uniform(jax.random.key(2), (args.batch, 28, 28, 1))
-  y = jax.random.randint(jax.random.key(3), (args.batch,), 0, 10)
-  pgd, gradients = jax_runners(logits_fn, x, y, args.steps)
-  torch_pgd, torch_note = torch_runner(variables, x, y, args.steps, logits_fn(x))
-  runners = {'jax_pgd': pgd, 'bare_gradient': gradients}
-  if torch_pgd is not None:
-    runners['torchattacks_pgd'] = torch_pgd
-  runners.update({f'{args.models}_models_{name}': run
-                  for name, run in model_runners(args.models, x, y, args.steps).items()})
-  for run in runners.values():  # compile and warm up
-    run()
-  best = {name: float('inf') for name in runners}
-  for _ in range(args.repeats):  # in turns, so load changes hit every method
-    for name, run in runners.items():
-      best[name] = min(best[name], _seconds(run))
-
-  rate = {name: args.batch * args.steps / t for name, t in best.items()}
-  print(f'device: {jax.devices()[0].device_kind}, batch {args.batch}, {args.steps} steps, '
-        f'L-inf eps {EPSILON}, step {STEP_SIZE}')
-  print(f'JAX PGD:                {rate["jax_pgd"]:10.0f} image-steps/s')
-  print(f'bare input gradients:   {rate["bare_gradient"]:10.0f} image-gradients/s')
-  print(f'ratio PGD / bare gradient: {rate["jax_pgd"] / rate["bare_gradient"]:.3f}')
-  if torch_pgd is None:
-    print(f'torchattacks: skipped, {torch_note}')
+  batches = [int(b) for b in args.batches.split(',')]
+  print(f'device: {jax.devices()[0].device_kind} ({os.cpu_count()} cores), {args.steps} steps, '
+        f'L-inf eps {EPSILON}, step {STEP_SIZE}, image-steps/s (fastest of {args.repeats})')
+  ratios = {}
+  for index, batch in enumerate(batches):
+    x = jax.random.uniform(jax.random.key(2), (batch, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
+    runners = jax_runners(logits_fn, x, y, args.steps)
+    torch_runners, torch_note = torch_runner(variables, x, y, args.steps, logits_fn(x))
+    runners.update(torch_runners or {})
+    if index == 0 and args.models:
+      runners.update({f'{args.models}_models_{name}': run
+                      for name, run in model_runners(args.models, x, y, args.steps).items()})
+    best = _best_seconds(runners, args.repeats)
+    rate = {name: batch * args.steps / t for name, t in best.items()}
+    line = (f'batch {batch:5d}: advgen {rate["advgen_pgd"]:8.0f}, unchunked '
+            f'{rate["advgen_pgd_unchunked"]:8.0f}, bare gradient {rate["bare_gradient"]:8.0f}')
+    if torch_runners:
+      torch_rates = {name: rate[name] for name in torch_runners}
+      fastest = max(torch_rates, key=torch_rates.get)
+      ratios[batch] = rate['advgen_pgd'] / torch_rates[fastest]
+      line += (', torchattacks ' + ', '.join(
+          f'{rate[n]:.0f} ({n.split("_")[2]} thr)' for n in torch_runners) +
+               f'; advgen / torchattacks {ratios[batch]:.2f}')
+    print(line, flush=True)
+    if index == 0 and args.models:
+      k = args.models
+      together = best[f'{k}_models_together']
+      print(f'  {k} models in one program (scripts/attack.py): '
+            f'{best[f"{k}_models_one_by_one"] / together:.3f}x the speed of one after another, '
+            f'{best[f"{k}_models_vmapped"] / together:.3f}x the speed of vmapping them')
+  if ratios:
+    print('advgen / torchattacks PGD: ' + ', '.join(f'{r:.2f} at batch {b}'
+                                                    for b, r in ratios.items()) +
+          f'  [{torch_note}]')
   else:
-    print(f'torchattacks PGD:       {rate["torchattacks_pgd"]:10.0f} image-steps/s  [{torch_note}]')
-    print(f'ratio JAX PGD / torchattacks PGD: {rate["jax_pgd"] / rate["torchattacks_pgd"]:.3f}')
-  k = args.models
-  together = best[f'{k}_models_together']
-  print(f'{k} models in one program (scripts/attack.py): '
-        f'{best[f"{k}_models_one_by_one"] / together:.3f}x the speed of one after another, '
-        f'{best[f"{k}_models_vmapped"] / together:.3f}x the speed of vmapping them')
+    print(f'torchattacks: skipped, {torch_note}')
 
 
 if __name__ == '__main__':

@@ -233,7 +233,8 @@ def test_early_exit_gives_the_result_of_every_step_and_stops_when_all_succeeded(
     restarts = np.asarray(masked.restart_success)
     assert restarts[never:].all() and not restarts[:never].any()
   # Deterministic starts: example b first succeeds after k_b = ceil(minimal_b / step) steps, so
-  # the loop evaluates the classifier max(k) + 1 times and stops; the masked path num_steps + 1.
+  # the loop evaluates the classifier max(k) + 1 times and stops, plus one final evaluation;
+  # running every step: num_steps + 1.
   calls = []
 
   def counting(images):
@@ -242,7 +243,7 @@ def test_early_exit_gives_the_result_of_every_step_and_stops_when_all_succeeded(
 
   last = int(np.ceil(minimal.max() / step))
   assert last + 1 < num_steps
-  for early_exit, expected in ((True, last + 1), (False, num_steps + 1)):
+  for early_exit, expected in ((True, last + 2), (False, num_steps + 1)):
     calls.clear()
     res = attacks.pgd(counting, attacks.LinfBall(x, 0.3), y, jax.random.key(0),
                       num_steps=num_steps, step_size=step, random_start=False,
@@ -254,7 +255,7 @@ def test_early_exit_gives_the_result_of_every_step_and_stops_when_all_succeeded(
   jax.block_until_ready(attacks.pgd(counting, attacks.LinfBall(x, 0.3), 1 - y, jax.random.key(1),
                                     num_steps=num_steps, step_size=step, random_start=False,
                                     early_exit=True, chunk_size=0))
-  assert attacks.pgd._cache_size() == before and len(calls) == 1  # 1 - y: all wrong at the start
+  assert attacks.pgd._cache_size() == before and len(calls) == 2  # 1 - y: all wrong at the start
 
 
 def test_early_exit_inside_vmap_and_sweep_matches_every_step():

@@ -156,13 +156,17 @@ def _attack(keys, *, logits_fn, threat, y, rule, num_steps, random_start, early_
     return visit(best, v, value, logits)
 
   carry = (jnp.zeros((), jnp.int32), v0, per_restart(rule.init)(v0), best)
-  if early_stop and early_exit:
+  if early_stop:
     # A successful example's kept iterate is final, so stopping once all have succeeded gives
-    # the result of running every step (the remaining iterates would all be ignored).
-    running = lambda c: (c[0] < num_steps) & ~jnp.all(c[3].success)
+    # the result of running every step (the remaining iterates would all be ignored). Both
+    # variants run the same loop, so that they compile to the same arithmetic, bit for bit.
+    if early_exit:
+      running = lambda c: (c[0] < num_steps) & ~jnp.all(c[3].success)
+    else:
+      running = lambda c: c[0] < num_steps
     _, v, _, best = jax.lax.while_loop(running, step, carry)
-    return jax.lax.cond(jnp.all(best.success), lambda v, b: b, last_visit, v, best)
-  (_, v, _, best), _ = jax.lax.scan(lambda c, _: (step(c), None), carry, length=num_steps)
+  else:  # a fixed-length scan, differentiable, e.g. inside a training step
+    (_, v, _, best), _ = jax.lax.scan(lambda c, _: (step(c), None), carry, length=num_steps)
   return last_visit(v, best)
 
 
@@ -202,7 +206,7 @@ def pgd(logits_fn, threat, y, key, *, num_steps, step_size=None, step_rule=None,
     targeted: move towards the classes `y` instead of away from them.
     loss: 'ce' or 'margin' (Carlini-Wagner, clamped at `kappa`).
     early_exit: with early_stop, leave the step loop once every example of every restart has
-      succeeded (the same result, fewer steps); False runs every step (a fixed-length scan).
+      succeeded (the same result, fewer steps); False runs every step.
     chunk_size: images per classifier call: the R x B images of a step run in chunks of about
       this size inside the program. None: CPU_CHUNK_SIZE on CPU, whole batches elsewhere; 0:
       whole batches. Chunking changes results only by float rounding.
