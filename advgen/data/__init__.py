@@ -51,11 +51,17 @@ def load(config):
   return Dataset(name, x_train, y_train, x_test, y_test, tfds.NUM_CLASSES[name])
 
 
+def fonts_manifold(config):
+  """The fonts generator a dataset config describes (difficulty, font_dirs, num_fonts)."""
+  return fonts.manifold(config.get('difficulty', 'hard'), tuple(config.get('font_dirs', ())),
+                        config.get('num_fonts'))
+
+
 def _generated(config):
   if config.get('num_train') is None or config.get('num_test') is None:
     raise UserError(f'{config.name} is generated: set config.dataset.num_train and num_test')
   if config.name == 'fonts':
-    generator = fonts.manifold(config.get('difficulty', 'hard'))
+    generator = fonts_manifold(config)
     num_classes = len(fonts.LETTERS)
     sample = lambda key, num: fonts.sample(generator, key, num)
   elif config.name == 'spheres':

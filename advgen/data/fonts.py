@@ -87,18 +87,48 @@ def _draws_latin_capitals(path, references):
   return int((nearest == np.arange(len(LETTERS))).sum()) >= 7
 
 
+FONT_SUFFIXES = ('.ttf', '.otf')
+
+
+def font_files(font_dirs):
+  """The TTF/OTF files of `font_dirs`, folder by folder in the given order, each sorted by path
+  (subfolders included), so a font set is the same on every machine that has the files."""
+  paths = []
+  for font_dir in font_dirs:
+    if not os.path.isdir(font_dir):
+      raise UserError(f'font folder {font_dir} does not exist; pass folders of TTF/OTF files in '
+                      'config.dataset.font_dirs')
+    found = [os.path.join(root, f) for root, _, files in os.walk(font_dir) for f in files
+             if f.lower().endswith(FONT_SUFFIXES)]
+    paths += sorted(found)
+  return paths
+
+
 @functools.lru_cache(maxsize=None)
-def _load_prototypes(font_dir):
-  paths = sorted(os.path.join(font_dir, f) for f in os.listdir(font_dir) if f.endswith('.ttf'))
+def _load_prototypes(font_dirs, num_fonts):
+  """(names, prototypes) of the first `num_fonts` fonts (all if None) of `font_dirs` that draw
+  distinct, recognisable Latin capitals A-J."""
   references = np.concatenate([
-      np.stack([_shape_signature(_draw(os.path.join(font_dir, ref), c)) for c in LETTERS])
+      np.stack([_shape_signature(_draw(os.path.join(bundled_font_dir(), ref), c))
+                for c in LETTERS])
       for ref in _REFERENCE_FONTS
   ])
-  names, protos = [], []
-  for path in paths:
-    if _draws_latin_capitals(path, references):
-      names.append(os.path.basename(path)[:-4])
+  names, protos, seen = [], [], set()
+  for path in font_files(font_dirs):
+    if num_fonts is not None and len(names) >= num_fonts:
+      break
+    name = os.path.splitext(os.path.basename(path))[0]
+    try:
+      usable = name not in seen and _draws_latin_capitals(path, references)
+    except (OSError, RuntimeError, ValueError):  # a file FreeType cannot read
+      usable = False
+    if usable:
+      seen.add(name)
+      names.append(name)
       protos.append(np.stack([_prototype(_draw(path, c)) for c in LETTERS]))
+  if len(names) < 2:
+    raise UserError(f'only {len(names)} fonts in {", ".join(font_dirs)} draw Latin capitals A-J; '
+                    'add font folders to config.dataset.font_dirs')
   return tuple(names), np.stack(protos)[..., None]
 
 
@@ -125,12 +155,17 @@ class FontsManifold:
     return lambda theta: self.render(font, label, theta)
 
 
-def manifold(difficulty='hard', font_dir=None):
+def manifold(difficulty='hard', font_dirs=(), num_fonts=None):
+  """The fonts generator of `difficulty`'s theta ranges, over the fonts of `font_dirs`
+  (default: matplotlib's bundled fonts), at most `num_fonts` of them (Stutz et al.: the first
+  1000 Google Fonts that render)."""
   if difficulty not in transforms.RANGES:
     raise UserError(f'unknown fonts difficulty {difficulty!r}; choose one of '
                     f'{", ".join(transforms.RANGES)}')
-  font_dir = font_dir or bundled_font_dir()
-  names, protos = _load_prototypes(font_dir)
+  if num_fonts is not None and (not isinstance(num_fonts, int) or num_fonts < 2):
+    raise UserError(f'config.dataset.num_fonts must be an integer of at least 2 (or None: all), '
+                    f'got {num_fonts!r}')
+  names, protos = _load_prototypes(tuple(font_dirs) or (bundled_font_dir(),), num_fonts)
   return FontsManifold(protos, transforms.RANGES[difficulty], names)
 
 

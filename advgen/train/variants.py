@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from advgen import attacks, transforms
-from advgen.data import fonts
+from advgen import attacks, data, transforms
 from advgen.errors import UserError
 from advgen.models import generators
 
@@ -113,7 +112,7 @@ def _true_manifold(config):
     raise UserError(f'training variant {config.variant.name!r} perturbs the fonts generator\'s '
                     f'parameters; it needs config.dataset.name=fonts, not '
                     f'{config.dataset.name!r}')
-  return {'true': attacks.true_manifold(fonts.manifold(_difficulty(config)))}
+  return {'true': attacks.true_manifold(data.fonts_manifold(config.dataset))}
 
 
 def _on_true_manifold(config):
