@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from advgen import evaluate
 from advgen.data import fonts
 from advgen.models import generators, stacked
 from advgen.report import images as image_report
@@ -67,43 +68,40 @@ def gan_test_accuracy(classifier, classifier_variables, images):
 
 
 def true_manifold_distance(dataset, images, labels, key, **project_kwargs):
-  """Distance of each image to the true fonts manifold of its class (of the nearest class if
-  labels is None), from `fonts.project`."""
-  if labels is not None:
-    return np.asarray(fonts.project(dataset.manifold, images, labels, key, **project_kwargs)[2])
-  per_class = [np.asarray(fonts.project(dataset.manifold, images,
-                                        np.full(len(images), c, np.int32), key,
-                                        **project_kwargs)[2])
-               for c in range(dataset.num_classes)]
-  return np.min(np.stack(per_class), axis=0)
+  """Distance of each image to the true fonts manifold of its class, from `fonts.project`."""
+  return np.asarray(fonts.project(dataset.manifold, images, labels, key, **project_kwargs)[2])
 
 
 def manifold_distances(config, dataset, module, variables, total, samples_key, key):
-  """Mean distance to the true fonts manifold of generated samples (eval.num_distance, spread
-  over the class models) and, for reference, of real test images and of uniform noise
-  (eval.num_reference each)."""
+  """Distances to the true fonts manifolds of generated samples (eval.num_distance, spread over
+  the class models) and, for reference, of real test images and of uniform noise
+  (eval.num_reference each): samples of class model k to class k's manifold, with the validity
+  (the share nearer class k's manifold than any other's, Stutz et al.'s Def. 1 made measurable:
+  the honest measure of class-specific generators for on-manifold attacks); samples of a
+  class-agnostic generator to the nearest class's manifold."""
   per_model = -(-config.eval.num_distance // total)
   n, m = per_model * total, config.eval.get('num_reference', config.eval.num_distance)
   project_kwargs = dict(config.eval.get('project', {}))
   generated = np.asarray(sample(module, variables, samples_key, per_model,
                                 config.eval.truncation)).reshape((n,) + dataset.input_shape)
-  labels = None if total == 1 else np.repeat(np.arange(total, dtype=np.int32), per_model)
+  per_class = evaluate.class_manifold_distances(dataset.manifold, generated, key,
+                                                dataset.num_classes, **project_kwargs)  # (n, C)
+  out = {}
+  if total == 1:
+    sample_distance = per_class.min(axis=1)
+  else:
+    labels = np.repeat(np.arange(total, dtype=np.int32), per_model)
+    sample_distance = per_class[np.arange(n), labels]
+    out.update({f'sample_{k}': v for k, v in evaluate.validity(per_class, labels).items()})
   noise = jax.random.uniform(jax.random.fold_in(key, 1), (m * int(np.prod(dataset.input_shape)),))
   noise = np.asarray(noise).reshape((m,) + dataset.input_shape)
   reference = np.concatenate([dataset.x_test[:m], noise])
   reference_labels = np.concatenate([dataset.y_test[:m], dataset.y_test[:m]])
-  if labels is None:  # class-agnostic samples: distance to the nearest class manifold
-    generated = true_manifold_distance(dataset, generated, None, key, **project_kwargs)
-    both = true_manifold_distance(dataset, reference, reference_labels, key, **project_kwargs)
-  else:  # one projection program for samples and references
-    both = true_manifold_distance(dataset, np.concatenate([generated, reference]),
-                                  np.concatenate([labels, reference_labels]), key,
-                                  **project_kwargs)
-    generated, both = both[:n], both[n:]
-  distances = {'sample': generated, 'test': both[:m], 'noise': both[m:]}
+  both = true_manifold_distance(dataset, reference, reference_labels, key, **project_kwargs)
+  distances = {'sample': sample_distance, 'test': both[:m], 'noise': both[m:]}
   logging.info('mean distance to the true manifold: samples %.3f, test images %.3f, noise %.3f',
                *(distances[k].mean() for k in ('sample', 'test', 'noise')))
-  out = {f'{k}_distance': float(v.mean()) for k, v in distances.items()}
+  out.update({f'{k}_distance': float(v.mean()) for k, v in distances.items()})
   out.update(sample_distance_median=float(np.median(distances['sample'])),
              num_distance=n, num_reference=m)
   return out
