@@ -2,13 +2,14 @@
 
   python scripts/train_classifier.py --config=configs/fonts.py --workdir=/tmp/advgen/fonts
 
-An optional argument sets the training-set size N: `--config=configs/fonts.py:1000`.
+An optional argument sets the training-set size N: `--config=configs/fonts.py:1000`; the
+configs/fonts_<variant>.py files pass a training variant's name as the second.
 """
 
 import ml_collections
 
 
-def get_config(num_train=None):
+def get_config(num_train=None, variant='normal'):
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_models = 1
@@ -31,7 +32,7 @@ def get_config(num_train=None):
   # halves from a separate permutation (of the codes with |z|_inf <= 2 if `safe`);
   # augmentation: affine parameters up to `radius` around the identity.
   config.variant = ml_collections.ConfigDict(dict(
-      name='normal', epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1,
+      name=variant, epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1,
       mix=('adversarial', 'on_true_manifold'), fractions=(0.5, 0.5), beta=6.0,
       trades_step_size=0.03, replays=4, generator_workdir='', safe=False))
   config.batch_size = 100

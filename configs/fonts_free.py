@@ -14,7 +14,6 @@ from advgen.cli import load_config
 
 
 def get_config(num_train=None):
-  config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'), num_train)
-  config.variant.name = 'free'
+  config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'), num_train, 'free')
   config.num_epochs = 5
   return config

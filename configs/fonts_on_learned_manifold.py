@@ -16,6 +16,4 @@ from advgen.cli import load_config
 
 
 def get_config(num_train=None):
-  config = load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'), num_train)
-  config.variant.name = 'on_learned_manifold'
-  return config
+  return load_config(os.path.join(os.path.dirname(__file__), 'fonts.py'), num_train, 'on_learned_manifold')
