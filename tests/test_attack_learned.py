@@ -16,14 +16,12 @@ from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
 from advgen.studies import attack as attack_study, runs
-from conftest import ROOT, built_once
+from conftest import ROOT
 
 
 @pytest.fixture(scope='module')
-def generator_workdir(tmp_path_factory):
-  config = load_config(os.path.join(ROOT, 'configs', 'vaegan_fonts_tiny.py'))
-  return built_once(tmp_path_factory, 'vaegan_tiny',
-                    lambda path: runs.train_generator(config, path))
+def generator_workdir(trained_vaegan_tiny):
+  return trained_vaegan_tiny[0]
 
 
 @pytest.fixture(scope='module')

@@ -140,7 +140,28 @@ def test_findings_are_computed_from_the_numbers():
   cells = [cell('normal', 250, 0.3, 0.9, 1.0), cell('normal', 1000, 0.2, 0.6, 1.0),
            cell('normal', 4000, 0.1, 0.4, 1.0), cell('on_true_manifold', 250, 0.2, 0.5, 1.0)]
   lines = report.findings(cells)
-  assert 'On-manifold success falls with N for normal training: 0.900 at N = 250, 0.400' in lines[0]
+  assert ('On-manifold success (on_true_manifold) falls with N for normal training: 0.900 at '
+          'N = 250, 0.400') in lines[0]
   assert 'tracks test error' in lines[1] and 'r = 0.99' in lines[1]
   assert 'Regular success is 1.000 for every normally trained model' in lines[2]
   assert 'lowers test error at N = 250: 0.200 against 0.300' in lines[3]
+
+
+def test_the_study_runs_on_a_tfds_dataset_with_learned_manifolds(tmp_path):
+  """configs/studies/stutz_tfds.py on mock Fashion-MNIST: generators, an on-learned-manifold
+  cell, the report."""
+  import tensorflow_datasets as tfds
+  config = configured(os.path.join(ROOT, 'configs', 'studies', 'stutz_tfds.py:fashion_mnist,tiny'),
+                      variants=('on_learned_manifold',))
+  assert stutz.needs_generator(config) and 'on_true_manifold' not in config.attack.attacks
+  workdir = str(tmp_path / 'study')
+  with tfds.testing.mock_data(num_examples=300):
+    stutz.run(config, workdir)
+  text = open(os.path.join(workdir, 'report.md')).read()
+  assert 'on_learned_manifold: success rate' in text and 'fashion_mnist' in text
+  cell = workdir_lib.read_json(os.path.join(stutz.cell_dir(workdir, 'on_learned_manifold', 100),
+                                            'cell.json'))
+  assert 0 <= cell['mean']['on_learned_manifold/success_rate'] <= 1
+  with pytest.raises(UserError, match='only fonts has'):
+    stutz.validate(configured(os.path.join(ROOT, 'configs', 'studies', 'stutz_tfds.py:mnist,tiny'),
+                              **{'attack.attacks.pgd_linf.attack': 'on_true_manifold'}))

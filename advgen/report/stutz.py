@@ -83,16 +83,25 @@ def _fit(x, y):
   return float(slope), float(intercept), float(np.corrcoef(x, y)[0, 1])
 
 
-def findings(cells, regular='pgd_linf', on_manifold='on_true_manifold'):
+def _on_manifold(cells):
+  """The on-manifold attack the findings use: on the true manifold where there is one."""
+  names = attack_names(cells)
+  return 'on_true_manifold' if 'on_true_manifold' in names or not names else (
+      'on_learned_manifold' if 'on_learned_manifold' in names else names[0])
+
+
+def findings(cells, regular='pgd_linf', on_manifold=None):
   """The paper's qualitative claims, each checked against the numbers (it says so if one fails
   or cannot be checked)."""
+  on_manifold = on_manifold or _on_manifold(cells)
   out = []
   on_rate, reg_rate = f'{on_manifold}/success_rate', f'{regular}/success_rate'
   n, on_mean, _ = _series(cells, 'normal', on_rate)
   if n.size >= 2:
     falls = on_mean[-1] < on_mean[0]
-    out.append(f'On-manifold success {"falls" if falls else "does not fall"} with N for normal '
-               f'training: {on_mean[0]:.3f} at N = {n[0]:g}, {on_mean[-1]:.3f} at N = {n[-1]:g}.')
+    out.append(f'On-manifold success ({on_manifold}) {"falls" if falls else "does not fall"} with '
+               f'N for normal training: {on_mean[0]:.3f} at N = {n[0]:g}, {on_mean[-1]:.3f} at '
+               f'N = {n[-1]:g}.')
   x, y = _points(cells, 'normal', 'test_error', on_rate)
   slope, _, r = _fit(x, y)
   if np.isfinite(r):
@@ -117,7 +126,8 @@ def findings(cells, regular='pgd_linf', on_manifold='on_true_manifold'):
                  f'test error at N = {n_adv[0]:g}: {err_adv[0]:.3f} against {err_nor[0]:.3f} '
                  'for normal training.')
   ratio = f'{regular}/manifold_true_ratio_median'
-  values = [c['mean'][ratio] for c in cells if ratio in c['mean']]
+  values = [c['mean'][ratio] for c in cells
+            if ratio in c['mean'] and np.isfinite(c['mean'][ratio])]
   if values:
     median = float(np.median(values))
     out.append(f'Regular adversarial examples {"leave" if median > 0.5 else "do not leave"} the '
@@ -179,8 +189,9 @@ def _against_error(ax, cells, variant, metric, label):
   ax.legend(fontsize=7)
 
 
-def figures(cells, directory, regular='pgd_linf', on_manifold='on_true_manifold'):
+def figures(cells, directory, regular='pgd_linf', on_manifold=None):
   """Counterparts of Stutz et al.'s Figs. 5, 6 and 7 as PNGs in `directory`."""
+  on_manifold = on_manifold or _on_manifold(cells)
   os.makedirs(directory, exist_ok=True)
   variants = sorted({c['variant'] for c in cells}, key=_variant_order)
   on_rate, reg_rate = f'{on_manifold}/success_rate', f'{regular}/success_rate'

@@ -89,6 +89,12 @@ def validate(config, workdir='.'):
     if not config.generator.class_specific:
       raise UserError('the learned manifold needs class-specific generators: set '
                       'config.generator.class_specific=True')
+  true = [label for label, spec in config.attack.attacks.items()
+          if attacks.registry.needs_manifold(spec) == 'true']
+  if true and config.classifier.dataset.name != 'fonts':
+    raise UserError(f'config.attack.attacks.{true[0]} attacks the true manifold, which only fonts '
+                    f'has; remove it for {config.classifier.dataset.name!r} (use '
+                    'on_learned_manifold)')
   attack = attack_config(config, workdir)
   with attack.unlocked():
     attack.generator_workdir = ''  # it exists only once the study has trained it

@@ -64,10 +64,15 @@ def _quick(config):
   config.classifier.variant.step_size = 0.02
   config.generator.dataset.num_train = 4000
   config.generator.num_epochs = 10
+  # Narrower nets: the learned-manifold attack runs every class decoder at each of its steps.
+  config.generator.model.kwargs.encoder_channels = (16, 32, 64)
+  config.generator.model.kwargs.decoder_channels = (64, 32, 16)
+  config.generator.model.kwargs.discriminator_channels = (16, 32, 64)
   config.generator.eval.num_distance = 0
+  config.generator.eval.num_reference = 0
   config.attack.num_images = 500
-  config.attack.distance.num_images = 100
-  config.attack.distance.true = dict(num_candidates=16, num_restarts=2, num_steps=40)
+  # Distances and validity of the first 20 examples (validity projects each onto all 10 classes).
+  config.attack.distance.num_images = 20
 
 
 def _tiny(config):
