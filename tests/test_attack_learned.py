@@ -4,6 +4,7 @@ class, test codes and their box, successes counted only where ||z_test||_inf <= 
 the true fonts manifolds, and the generator-inversion distance."""
 
 import copy
+import json
 import os
 import shutil
 
@@ -16,7 +17,7 @@ from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import generators
 from advgen.studies import attack as attack_study, runs
-from conftest import ROOT
+from conftest import ROOT, built_once
 
 
 @pytest.fixture(scope='module')
@@ -26,13 +27,17 @@ def generator_workdir(trained_vaegan_tiny):
 
 @pytest.fixture(scope='module')
 def attacked(trained_tiny, generator_workdir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('learned') / 'run')
-  shutil.copytree(trained_tiny[0], workdir)
   config = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_learned_tiny.py'))
   del config.attacks['on_true_manifold']  # its own tests are in test_attack_script.py
   config.generator_workdir = generator_workdir
   config.distance.methods = ('learned',)
-  results = attack_study.run(config, workdir)
+
+  def attack(path):
+    shutil.copytree(trained_tiny[0], path)
+    attack_study.run(config, path)
+
+  workdir = built_once(tmp_path_factory, 'attacked_learned_tiny', attack)
+  results = json.load(open(attack_study.paths(workdir, config.name)['results']))
   with np.load(attack_study.paths(workdir, config.name)['examples']) as f:
     stored = dict(f)
   return workdir, config, results, stored

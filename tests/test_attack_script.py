@@ -13,15 +13,19 @@ from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import stacked
 from advgen.studies import attack as attack_study, runs
-from conftest import ROOT
+from conftest import ROOT, built_once
 
 
 @pytest.fixture(scope='module')
 def attacked(trained_tiny, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('attacked') / 'run')
-  shutil.copytree(trained_tiny[0], workdir)
   config = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
-  return workdir, config, attack_study.run(config, workdir)
+
+  def attack(path):
+    shutil.copytree(trained_tiny[0], path)
+    attack_study.run(config, path)
+
+  workdir = built_once(tmp_path_factory, 'attacked_tiny', attack)
+  return workdir, config, json.load(open(attack_study.paths(workdir, config.name)['results']))
 
 
 def test_every_configured_attack_is_reported_for_every_model(attacked):
@@ -139,7 +143,13 @@ def test_script_numbers_are_the_librarys_on_the_same_inputs(attacked):
     assert script[name] == pytest.approx(value, abs=1e-4, nan_ok=True), name
 
 
-def test_runs_are_named_and_never_overwritten(attacked, monkeypatch):
+def _copy_of(workdir, tmp_path):
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def test_runs_are_named_and_never_overwritten(attacked, monkeypatch, tmp_path):
   workdir, config, _ = attacked
   first = attack_study.paths(workdir, config.name)
   before = open(first['results']).read()
@@ -148,6 +158,7 @@ def test_runs_are_named_and_never_overwritten(attacked, monkeypatch):
     with pytest.raises(UserError, match='already exists'):
       attack_study.run(config, workdir)
   assert open(first['results']).read() == before
+  workdir = _copy_of(workdir, tmp_path)  # the fixture's workdir is shared: run in a copy
   other = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
   other.name = 'fgsm_only'
   other.attacks = {'fgsm': dict(attack='fgsm', epsilon=0.1)}

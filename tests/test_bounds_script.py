@@ -14,14 +14,14 @@ from advgen import bounds
 from advgen.studies import bounds as experiment
 from advgen.cli import load_config
 from advgen.errors import UserError
-from conftest import ROOT
+from conftest import ROOT, built_once
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('bounds') / 'run')
   config = load_config(os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py'))
-  return workdir, config, experiment.run(config, workdir)
+  workdir = built_once(tmp_path_factory, 'bounds_tiny', lambda path: experiment.run(config, path))
+  return workdir, config, experiment.stored(workdir)
 
 
 def test_results_hold_the_table_the_bounds_and_every_estimate(tiny):

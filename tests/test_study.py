@@ -13,17 +13,15 @@ from advgen.errors import UserError
 from advgen.report import stutz as report
 from advgen.studies import launch, stutz
 from advgen.train import workdir as workdir_lib
-from conftest import ROOT, configured
+from conftest import ROOT, built_once, configured
 
 TINY = os.path.join(ROOT, 'configs', 'studies', 'stutz_fonts.py')
 
 
 @pytest.fixture(scope='module')
 def study(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('study') / 'run')
   config = configured(TINY + ':tiny')
-  stutz.run(config, workdir)
-  return workdir, config
+  return built_once(tmp_path_factory, 'study_tiny', lambda path: stutz.run(config, path)), config
 
 
 def _copy(workdir, tmp_path):
