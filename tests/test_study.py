@@ -142,7 +142,7 @@ def test_findings_are_computed_from_the_numbers():
           'N = 250, 0.400') in lines[0]
   assert 'tracks test error' in lines[1] and 'r = 0.99' in lines[1]
   assert 'Regular success is 1.000 for every normally trained model' in lines[2]
-  assert 'lowers test error at N = 250: 0.200 against 0.300' in lines[3]
+  assert 'lowers test error at N = 250 (0.200 against 0.300)' in lines[3]
 
 
 def test_the_study_runs_on_a_tfds_dataset_with_learned_manifolds(tmp_path):

@@ -117,14 +117,18 @@ def findings(cells, regular='pgd_linf', on_manifold=None):
   elif x.size:
     out.append(f'Regular success is {np.mean(y):.3f} for every normally trained model, whatever '
                'its test error (no variation to fit).')
+  n_nor, err_nor, _ = _series(cells, 'normal', 'test_error')
+  normal = dict(zip(n_nor, err_nor))
   for variant in ('on_true_manifold', 'on_learned_manifold'):
-    n_adv, err_adv, _ = _series(cells, variant, 'test_error')
-    n_nor, err_nor, _ = _series(cells, 'normal', 'test_error')
-    if n_adv.size and n_nor.size and n_adv[0] == n_nor[0]:
-      lower = err_adv[0] < err_nor[0]
-      out.append(f'{variant} adversarial training {"lowers" if lower else "does not lower"} '
-                 f'test error at N = {n_adv[0]:g}: {err_adv[0]:.3f} against {err_nor[0]:.3f} '
-                 'for normal training.')
+    pairs = [(n, e, normal[n]) for n, e in zip(*_series(cells, variant, 'test_error')[:2])
+             if n in normal]
+    if pairs:
+      lower = [f'N = {n:g} ({e:.3f} against {ref:.3f})' for n, e, ref in pairs if e < ref]
+      not_lower = [f'N = {n:g} ({e:.3f} against {ref:.3f})' for n, e, ref in pairs if e >= ref]
+      parts = ([f'lowers test error at {", ".join(lower)}'] if lower else []) + (
+          [f'does not lower it at {", ".join(not_lower)}'] if not_lower else [])
+      out.append(f'{variant} adversarial training ' + '; '.join(parts) +
+                 ' (against normal training).')
   ratio = f'{regular}/manifold_true_ratio_median'
   values = [c['mean'][ratio] for c in cells
             if ratio in c['mean'] and np.isfinite(c['mean'][ratio])]
@@ -167,11 +171,15 @@ def _axes(ncols):
 
 
 def _against_n(ax, cells, variants, metric, label):
+  from matplotlib.ticker import NullFormatter
   for variant in variants:
     n, mean, std = _series(cells, variant, metric)
     if n.size:
       ax.errorbar(n, mean, yerr=std, marker='o', capsize=3, label=variant)
   ax.set_xscale('log')
+  sizes = sorted({c['num_train'] for c in cells})
+  ax.set_xticks(sizes, [str(n) for n in sizes])  # the grid's sizes, not log-scale decades
+  ax.xaxis.set_minor_formatter(NullFormatter())
   ax.set_xlabel('training-set size N')
   ax.set_ylabel(label)
   ax.legend(fontsize=7)
