@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from advgen.errors import UserError
-from advgen.models import generators
+from advgen.models import class_models, generators
 
 
 @functools.partial(jax.jit, static_argnames=('decode_fn', 'latent_dim', 'num_restarts',
@@ -72,7 +72,7 @@ def latent_codes(module, variables, x, y=None, batch_size=500):
   if not module.has_encoder:
     raise UserError('this generator has no encoder (a DCGAN); get latent codes with '
                     'advgen.manifold.invert instead')
-  return generators.apply_by_class(module, variables, x, y, 'encode', batch_size)
+  return class_models.apply_by_class(module, variables, x, y, 'encode', batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=('num_neighbours', 'batch_size'))

@@ -15,7 +15,7 @@ import pytest
 from advgen import attacks, evaluate, manifold
 from advgen.cli import load_config
 from advgen.errors import UserError
-from advgen.models import generators
+from advgen.models import class_models
 from advgen.studies import attack as attack_study, runs
 from conftest import ROOT, built_once
 
@@ -51,9 +51,9 @@ def test_learned_manifold_decodes_with_each_examples_true_class(generator_workdi
   assert space.field == 'code' and space.box.shape == (2, 10)
   decoded = np.asarray(space.decode(z, {'label': labels}))
   for i, label in enumerate(labels):
-    own = generators.class_decode_fn(module, variables, int(label))(z[i:i + 1])
+    own = class_models.class_decode_fn(module, variables, int(label))(z[i:i + 1])
     np.testing.assert_allclose(decoded[i:i + 1], own, atol=1e-5)
-  other = generators.class_decode_fn(module, variables, 4)(z)
+  other = class_models.class_decode_fn(module, variables, 4)(z)
   assert not np.allclose(decoded, other, atol=1e-3)
 
 
@@ -71,7 +71,7 @@ def test_attack_moves_the_test_codes_inside_their_box(attacked, generator_workdi
   # The adversarial images are decodings of codes within eps of the test codes.
   distance = stored['on_learned_manifold.distance']
   assert distance.max() <= config.attacks.on_learned_manifold.epsilon + 1e-5
-  decode = generators.decode_fn(module, variables)
+  decode = class_models.decode_fn(module, variables)
   e = config.num_examples
   start = np.asarray(decode(codes[:e], dataset.y_test[:e]))
   moved = np.sqrt(((stored['on_learned_manifold.x_adv'] - start) ** 2).sum((2, 3, 4)))

@@ -12,7 +12,7 @@ from PIL import Image
 from advgen import data
 from advgen.cli import load_config
 from advgen.errors import UserError
-from advgen.models import generators
+from advgen.models import class_models, generators
 from advgen.studies import runs
 from advgen.train import generator, generator_eval, state as state_lib, trainer
 from advgen.train import workdir as workdir_lib
@@ -92,7 +92,7 @@ def test_decoded_images_are_images():
   variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   z = generators.truncated_prior(jax.random.key(1), (64, 10))
   assert float(jnp.abs(z).max()) <= 2.0 and float(z.std()) > 0.5
-  x = jax.jit(generators.class_decode_fn(module, jax.tree.map(lambda v: v[None], variables),
+  x = jax.jit(class_models.class_decode_fn(module, jax.tree.map(lambda v: v[None], variables),
                                          0))(z * 3)
   assert x.shape == (64, 28, 28, 1) and float(x.min()) >= 0 and float(x.max()) <= 1
 
@@ -166,7 +166,7 @@ def test_latent_codes_are_the_encoder_means_of_each_class(tiny_run, restored):
   latents = runs.load_latents(workdir)
   assert latents['z_train'].shape == (300, 10) and latents['z_test'].shape == (100, 10)
   np.testing.assert_array_equal(latents['y_test'], dataset.y_test)
-  mean, log_var = jax.jit(generators.encode_fn(module, variables))(dataset.x_test[:7],
+  mean, log_var = jax.jit(class_models.encode_fn(module, variables))(dataset.x_test[:7],
                                                                     dataset.y_test[:7])
   np.testing.assert_allclose(latents['z_test'][:7], mean, atol=1e-4)
   np.testing.assert_allclose(latents['log_var_test'][:7], log_var, atol=1e-4)
@@ -176,17 +176,17 @@ def test_decode_fn_uses_the_decoder_of_each_examples_class(restored):
   _, dataset, module, variables = restored
   z = generators.truncated_prior(jax.random.key(0), (6, 10))
   y = jnp.array([0, 3, 3, 9, 5, 0])
-  decode = jax.jit(generators.decode_fn(module, variables))
+  decode = jax.jit(class_models.decode_fn(module, variables))
   decoded = decode(z, y)
   each_class = jax.jit(jax.vmap(lambda v: module.apply(v, z, method='decode')))(variables)
   np.testing.assert_allclose(decoded, each_class[y, jnp.arange(6)], atol=1e-6)
   assert np.abs(np.asarray(decode(z, (y + 1) % 10) - decoded)).max() > 0.01  # the class matters
   with pytest.raises(UserError, match='class-specific'):
-    generators.decode_fn(module, variables)(z)
+    class_models.decode_fn(module, variables)(z)
   one = jax.tree.map(lambda v: v[3:4], variables)  # a class-agnostic (K = 1) generator
-  np.testing.assert_allclose(jax.jit(generators.decode_fn(module, one))(z, y), each_class[3],
+  np.testing.assert_allclose(jax.jit(class_models.decode_fn(module, one))(z, y), each_class[3],
                              atol=1e-6)
-  np.testing.assert_allclose(jax.jit(generators.class_decode_fn(module, variables, 9))(z),
+  np.testing.assert_allclose(jax.jit(class_models.class_decode_fn(module, variables, 9))(z),
                              each_class[9], atol=1e-6)
 
 
@@ -323,7 +323,7 @@ def test_dcgan_trains_from_the_prior_with_the_non_saturating_loss(tmp_path):
   assert logged[-1]['loss'] == logged[-1]['gan_decoder']
   _, _, module, variables = runs.load_generators(workdir)
   assert set(variables['params']) == {'decoder', 'discriminator'} and module.latent_dim == 16
-  images = generators.decode_fn(module, variables)(jnp.zeros((3, 16)))
+  images = class_models.decode_fn(module, variables)(jnp.zeros((3, 16)))
   assert images.shape == (3, 28, 28, 1)
   initial = generator.build(config, data.load(config.dataset)).state.params
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), variables['params'], initial)

@@ -5,7 +5,7 @@ import pytest
 
 from advgen import manifold
 from advgen.errors import UserError
-from advgen.models import generators
+from advgen.models import class_models, generators
 
 LATENT = 4
 
@@ -22,7 +22,7 @@ def class_generators():
 
 def test_inversion_recovers_the_latent_of_generated_samples(class_generators):
   module, variables = class_generators
-  decode = jax.jit(generators.decode_fn(module, variables))
+  decode = jax.jit(class_models.decode_fn(module, variables))
   z_true = generators.truncated_prior(jax.random.key(1), (8, LATENT), 1.5)
   y = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
   x = decode(z_true, y)
@@ -43,7 +43,7 @@ def test_inversion_recovers_the_latent_of_generated_samples(class_generators):
 
 def test_inversion_starts_from_a_given_code_and_never_retraces(class_generators):
   module, variables = class_generators
-  decode = jax.jit(generators.class_decode_fn(module, variables, 1))
+  decode = jax.jit(class_models.class_decode_fn(module, variables, 1))
   z_true = generators.truncated_prior(jax.random.key(4), (5, LATENT))
   x = decode(z_true)
   kwargs = dict(latent_dim=LATENT, num_restarts=1, num_steps=0)
@@ -60,10 +60,10 @@ def test_latent_codes_follow_each_images_class_in_the_input_order(class_generato
   x = jax.random.uniform(jax.random.key(5), (23, 12, 12, 1))
   y = np.array([2, 0, 1] * 7 + [2, 2])
   mean, log_var = manifold.latent_codes(module, variables, x, y, batch_size=4)
-  direct_mean, direct_log_var = jax.jit(generators.encode_fn(module, variables))(x, y)
+  direct_mean, direct_log_var = jax.jit(class_models.encode_fn(module, variables))(x, y)
   np.testing.assert_allclose(mean, direct_mean, atol=1e-5)
   np.testing.assert_allclose(log_var, direct_log_var, atol=1e-5)
-  other_class = jax.jit(generators.class_encode_fn(module, variables, 0))(x[:1])[0][0]
+  other_class = jax.jit(class_models.class_encode_fn(module, variables, 0))(x[:1])[0][0]
   assert not np.allclose(mean[0], other_class)  # example 0 is of class 2
   gan = generators.create('dcgan', (12, 12, 1), latent_dim=3, decoder_channels=(4, 4),
                           discriminator_channels=(4,))

@@ -1,10 +1,9 @@
-"""Flax Linen generators: VAE, VAE-GAN (Stutz et al.) and DCGAN (Fawzi et al.), and their plain
-functions.
+"""Flax Linen generators: VAE, VAE-GAN (Stutz et al.) and DCGAN (Fawzi et al.), by name.
 
 One `Generator` module holds an optional encoder, a decoder and an optional discriminator; a VAE
 has no discriminator, a DCGAN no encoder. Class-specific generators are K = num_classes parameter
-sets stacked along a leading model axis (a class-agnostic generator is the case K = 1), so every
-function here takes *stacked* variables. Downstream code sees only the closures
+sets stacked along a leading model axis (a class-agnostic generator is the case K = 1);
+`class_models` turns stacked variables into the closures downstream code sees,
 `encode_fn(x, y) -> (mean, log_var)` and `decode_fn(z, y) -> x`, which pick the model of class y.
 
 Strided 4x4 convolutions and their transposes are written as matrix products (patches times a
@@ -14,7 +13,6 @@ into batched matrix products, where XLA would otherwise emit grouped convolution
 or input-dilated convolutions (very slow on CPU).
 """
 
-import functools
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -23,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from advgen.errors import UserError
-from advgen.models import stacked
 
 
 def _centre(x):
@@ -286,117 +283,6 @@ def create(name, image_shape, **kwargs):
   return module
 
 
-# --- Plain functions over stacked variables (leading model axis K). ---
-
-
-def _apply(module, method):
-  return lambda v, inputs: module.apply(v, inputs, method=method)
-
-
-def _select(outputs, y):
-  """outputs (K, B, ...) -> (B, ...): example i from model y_i."""
-  return jax.tree.map(lambda o: o[y, jnp.arange(o.shape[1])], outputs)
-
-
-def _per_example(module, variables, method, name):
-  apply = _apply(module, method)
-  if stacked.count(variables) == 1:
-    single = stacked.select(variables, 0)
-    return lambda inputs, y=None: apply(single, inputs)
-
-  def fn(inputs, y=None):
-    if y is None:
-      raise UserError(f'these generators are class-specific: call {name}(..., y) with the labels')
-    # Every class model runs on the whole batch and each example keeps its own class's output:
-    # K times the work of one model, but dense and static-shaped (gathering per-example
-    # parameters would copy the weights B times and turn each layer into B tiny products).
-    return _select(jax.vmap(apply, (0, None))(variables, inputs), jnp.asarray(y))
-
-  return fn
-
-
-def encode_fn(module, variables):
-  """`(x, y=None) -> (mean, log_var)`: the encoder of each example's class (inference mode)."""
-  return _per_example(module, variables, 'encode', 'encode_fn')
-
-
-def decode_fn(module, variables):
-  """`(z, y=None) -> x`: the decoder of each example's class, so decoded images keep label y.
-
-  For a class-agnostic generator (K = 1) `y` is ignored. When every example has the same class
-  `class_decode_fn` is K times cheaper.
-  """
-  return _per_example(module, variables, 'decode', 'decode_fn')
-
-
-def class_decode_fn(module, variables, k):
-  """`z -> x` through the decoder of model `k` alone."""
-  return functools.partial(_apply(module, 'decode'), stacked.select(variables, k))
-
-
-def class_encode_fn(module, variables, k):
-  """`x -> (mean, log_var)` through the encoder of model `k` alone."""
-  return functools.partial(_apply(module, 'encode'), stacked.select(variables, k))
-
-
 def truncated_prior(key, shape, bound=2.0):
   """Latent codes from N(0, I) resampled into [-bound, bound] (Stutz's truncated prior)."""
   return flat_normal(key, shape, bound=bound)
-
-
-def group_by_class(labels, num_models):
-  """Per-model example indices, padded: (index (K, m) int32, counts (K,)).
-
-  Row k lists the examples of class k (all examples when K = 1), padded with its first entry up
-  to the largest class size m.
-  """
-  labels = np.asarray(labels)
-  if num_models == 1:
-    return np.arange(len(labels), dtype=np.int32)[None], np.array([len(labels)])
-  rows = [np.flatnonzero(labels == k) for k in range(num_models)]
-  counts = np.array([len(r) for r in rows])
-  if counts.min() == 0:
-    raise UserError(f'class {int(np.argmin(counts))} has no examples; class-specific generators '
-                    'need every class (set config.class_specific=False or add data)')
-  width = counts.max()
-  index = np.stack([np.concatenate([r, np.full(width - len(r), r[0])]) for r in rows])
-  return index.astype(np.int32), counts
-
-
-@functools.partial(jax.jit, static_argnames=('module', 'method', 'batch_size'))
-def _grouped(variables, x, *, module, method, batch_size):
-  """x (K, m, ...) with m a multiple of batch_size -> outputs of model k on row k."""
-  apply = _apply(module, method)
-
-  def one(v, rows):
-    batches = rows.reshape((-1, batch_size) + rows.shape[1:])
-    out = jax.lax.map(lambda b: apply(v, b), batches)
-    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:]), out)
-
-  return jax.vmap(one)(variables, x)
-
-
-def apply_by_class(module, variables, x, y=None, method='encode', batch_size=500):
-  """`module.<method>` of each example's class model on all of `x`, in fixed-size batches.
-
-  Examples are grouped by class on the host so each is processed by its own model only (no K-fold
-  work); outputs come back in the order of `x`. `method` is 'encode', 'decode' or 'reconstruct'.
-  """
-  k = stacked.count(variables)
-  if k > 1 and y is None:
-    raise UserError('these generators are class-specific: pass the labels y')
-  x = np.asarray(x)
-  index, counts = group_by_class(np.zeros(len(x), np.int32) if k == 1 else y, k)
-  batch_size = int(min(batch_size, index.shape[1]))
-  width = -(-index.shape[1] // batch_size) * batch_size
-  index = np.concatenate([index, np.repeat(index[:, :1], width - index.shape[1], 1)], 1)
-  out = jax.device_get(_grouped(variables, jnp.asarray(x[index]), module=module, method=method,
-                                batch_size=batch_size))
-
-  def scatter(o):
-    result = np.zeros((len(x),) + o.shape[2:], o.dtype)
-    for row, count in enumerate(counts):
-      result[index[row, :count]] = o[row, :count]
-    return result
-
-  return jax.tree.map(scatter, out)

@@ -29,7 +29,7 @@ from absl import logging
 
 from advgen import data, manifold, results as results_lib
 from advgen.errors import UserError
-from advgen.models import generators
+from advgen.models import class_models, generators
 from advgen.train import generator_eval, trainer, workdir as workdir_lib
 
 LATENTS = 'latents.npz'
@@ -88,7 +88,7 @@ def build(config, dataset, models=None):
   validate(config)
   module = generators.create(config.model.name, dataset.input_shape,
                              **config.model.get('kwargs', {}))
-  pools, counts = generators.group_by_class(dataset.y_train,
+  pools, counts = class_models.group_by_class(dataset.y_train,
                                             num_models(config, dataset.num_classes))
   return trainer.build(config, module, make_step, dataset.input_shape, pools, counts,
                        models=models, over=jax.vmap, settings=config.loss)

@@ -13,13 +13,13 @@ from absl import logging
 
 from advgen import evaluate
 from advgen.data import fonts
-from advgen.models import generators, stacked
+from advgen.models import class_models, generators, stacked
 from advgen.report import images as image_report
 
 
 def reconstruction_errors(module, variables, x, y, batch_size):
   """(mean absolute pixel error per example, reconstructions)."""
-  recon = generators.apply_by_class(module, variables, x, y, 'reconstruct', batch_size)
+  recon = class_models.apply_by_class(module, variables, x, y, 'reconstruct', batch_size)
   return np.abs(recon - x).reshape(len(x), -1).mean(axis=1), recon
 
 
