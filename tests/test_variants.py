@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from advgen import data, transforms
+from advgen import attacks, data, transforms
 from advgen.errors import UserError
 from advgen.train import variants
 from conftest import ROOT, configured
@@ -132,10 +132,12 @@ def test_every_variant_builds_from_the_base_config_by_name():
     ({'variant.name': 'combined', 'variant.mix': ('adversarial', 'magic')}, 'mix must name'),
     ({'variant.name': 'trades', 'variant.beta': -1.0}, 'beta must be a positive'),
     ({'variant.name': 'on_true_manifold', 'dataset.name': 'mnist'}, 'needs config.dataset.name'),
+    ({'variant.name': 'on_true_manifold', 'variant.mix': ('adversarial',), 'variant.fractions': (1.0,),
+      'dataset.name': 'mnist'}, 'needs config.dataset.name'),  # mix is combined's setting only
 ])
 def test_bad_variant_settings_are_user_errors(overrides, message):
   with pytest.raises(UserError, match=message):
-    variants.get(configured(TINY, **overrides))
+    variants.validate(configured(TINY, **overrides))  # what runs before any data is loaded
 
 
 def _adam_count(state):
@@ -145,7 +147,7 @@ def _adam_count(state):
 
 
 def test_free_training_replays_each_batch_and_carries_its_perturbation():
-  from advgen.train import classifier, steps, trainer
+  from advgen.train import classifier, trainer
   config = configured(TINY, num_models=1, **{'variant.name': 'free', 'variant.epsilon': 0.1,
                                              'variant.replays': 3, 'model.name': 'mlp'})
   dataset = data.load(config.dataset)
@@ -190,7 +192,7 @@ def generator(trained_vaegan_tiny):
 
 
 def test_on_learned_manifold_copies_decode_the_paired_examples_codes(generator):
-  from advgen.models import generators
+  from advgen.models import class_models
   from advgen.train import classifier
   dataset, module, variables = generator
   config = configured(TINY, **{'variant.name': 'on_learned_manifold', 'variant.epsilon': 0.3,
@@ -201,7 +203,7 @@ def test_on_learned_manifold_copies_decode_the_paired_examples_codes(generator):
   assert set(pool) == set(np.flatnonzero(norms <= 2.0)) and len(pool) < len(norms)  # safe only
   np.testing.assert_array_equal(shared['code_box'], [codes['code'].min(0), codes['code'].max(0)])
   box = shared['code_box']
-  learned = variants.learned_space(module, variables, box)
+  learned = attacks.learned_manifold(module, variables, box)
   take = lambda idx: {'image': jnp.asarray(dataset.x_train[idx]),
                       'label': jnp.asarray(dataset.y_train[idx]),
                       'code': jnp.asarray(codes['code'][idx])}
@@ -214,9 +216,9 @@ def test_on_learned_manifold_copies_decode_the_paired_examples_codes(generator):
   code = np.asarray(out['code'][6:])
   assert np.abs(code - np.asarray(paired['code'])).max() <= 0.3 + 1e-5
   assert np.all(code >= box[0] - 1e-5) and np.all(code <= box[1] + 1e-5)
-  decoded = generators.decode_fn(module, variables)(jnp.asarray(code), paired['label'])
+  decoded = class_models.decode_fn(module, variables)(jnp.asarray(code), paired['label'])
   np.testing.assert_allclose(out['image'][6:], decoded, atol=1e-5)  # dec_y of the attacked code
-  before = generators.decode_fn(module, variables)(paired['code'], paired['label'])
+  before = class_models.decode_fn(module, variables)(paired['code'], paired['label'])
   assert cross_entropy(np.asarray(out['image'][6:]), paired['label']).mean() > cross_entropy(
       np.asarray(before), paired['label']).mean()
 

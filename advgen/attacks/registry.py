@@ -16,11 +16,12 @@ import difflib
 import inspect
 from typing import Any, Callable
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from advgen import transforms
-from advgen.models import generators
+from advgen.models import class_models
 from advgen.attacks import threat as threats
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
@@ -54,12 +55,12 @@ def learned_manifold(module, variables, box):
   generator of its true class `label` (Stutz et al., eq. 3), inside `box` = (low, high), e.g. the
   [min, max] of the test codes; `module, variables` are stacked class models
   (`studies.runs.load_generators`)."""
-  decode_y = generators.decode_fn(module, variables)
+  decode_y = class_models.decode_fn(module, variables)
 
   def decode(code, batch):
     return decode_y(code, batch['label'])
 
-  return LatentSpace(decode, 'code', np.asarray(box, np.float32))
+  return LatentSpace(decode, 'code', jnp.asarray(box, jnp.float32))  # may be traced (training)
 
 
 def _ball(kind):

@@ -10,7 +10,7 @@ import functools
 import ml_collections
 import numpy as np
 
-from advgen import data, manifold, models, results as results_lib
+from advgen import attacks, data, manifold, models, results as results_lib
 from advgen.errors import UserError
 from advgen.models import stacked
 from advgen.train import steps, trainer, variants, workdir as workdir_lib
@@ -46,7 +46,7 @@ def _step(state, batch, key, shared, *, module, tx, config, generator):
   """One classifier's update on a batch dict, with the configured training variant."""
   learned = None
   if generator is not None:
-    learned = variants.learned_space(generator, shared['generator'], shared['code_box'])
+    learned = attacks.learned_manifold(generator, shared['generator'], shared['code_box'])
   variant = variants.get(config, learned)
   if variant.replays > 1:
     return steps.free_train_step(state, batch, key, module=module, tx=tx,
@@ -64,15 +64,16 @@ def build(config, dataset, models_=None, generator=None, pair_pool=None):
   pools = np.tile(np.arange(num_train, dtype=np.int32), (config.num_models, 1))
   counts = np.full(config.num_models, num_train)
   settings = ml_collections.ConfigDict({'variant': config.variant, 'dataset': config.dataset})
-  free = config.variant.name == 'free'
+  replays = variants.get(config).replays  # free adversarial training: updates per batch
   pairs = {}
   if pair_pool is not None:
     pairs = dict(pair_pools=np.tile(pair_pool.astype(np.int32), (config.num_models, 1)),
                  pair_counts=np.full(config.num_models, len(pair_pool)))
   return trainer.build(
       config, module, _step_maker(generator), dataset.input_shape, pools, counts,
-      models=models_, settings=settings, updates_per_step=config.variant.replays if free else 1,
-      delta_shape=(config.batch_size,) + tuple(dataset.input_shape) if free else None, **pairs)
+      models=models_, settings=settings, updates_per_step=replays,
+      delta_shape=(config.batch_size,) + tuple(dataset.input_shape) if replays > 1 else None,
+      **pairs)
 
 
 def error_rates(module, variables, x, y, batch_size):

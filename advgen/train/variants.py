@@ -17,7 +17,6 @@ import optax
 
 from advgen import attacks, data, transforms
 from advgen.errors import UserError
-from advgen.models import generators
 
 
 def cross_entropy(logits, batch):
@@ -182,13 +181,6 @@ def _free(config):
   return Variant(normal, replays=config.variant.replays, epsilon=config.variant.epsilon)
 
 
-def learned_space(module, variables, box):
-  """The class-specific generator as a latent space: codes in the `code` field, decoded by each
-  example's own class decoder (so the label stays valid), inside the box (2, d)."""
-  decode = generators.decode_fn(module, variables)
-  return attacks.LatentSpace(lambda z, batch: decode(z, batch['label']), 'code', box)
-
-
 def needs_generator(config):
   return config.variant.name == 'on_learned_manifold'
 
@@ -277,8 +269,9 @@ def validate(config):
       raise UserError(f'config.variant.{field} must be {kind}, got {value!r}')
   if variant.name == 'combined':
     _validate_mix(variant)
-  if variant.name in ('on_true_manifold', 'combined') and 'on_true_manifold' in variant.get(
-      'mix', ('on_true_manifold',)) and config.dataset.name != 'fonts':
+  on_true = variant.name == 'on_true_manifold' or (
+      variant.name == 'combined' and 'on_true_manifold' in variant.mix)
+  if on_true and config.dataset.name != 'fonts':
     _true_manifold(config)  # raises its error
 
 
