@@ -42,4 +42,7 @@ def get_config(num_train=None, variant='normal'):
   config.checkpoint_every_epochs = 1
   config.max_checkpoints = 2  # the last ones kept
   config.keep_checkpoint_every_epochs = 0  # also keep every n-th epoch's (0: none)
+  # True: each of the num_models models trains and tests on its own stratified reshuffle of the
+  # dataset's train + test examples (same sizes; Deniz et al.'s runs).
+  config.resplit = False
   return config

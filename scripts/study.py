@@ -1,7 +1,9 @@
-"""Runs a study end to end — Stutz et al.'s (training-set sizes x variants x seeds, attacked) or
-Fawzi et al.'s bounds report — and writes report.md and figures into --workdir.
+"""Runs a study end to end — Stutz et al.'s (training-set sizes x variants x seeds, attacked),
+Deniz et al.'s overfitting study or Fawzi et al.'s bounds report — and writes report.md and
+figures into --workdir.
 
   python scripts/study.py --config=configs/studies/stutz_fonts.py:quick --workdir=/tmp/advgen/quick
+  python scripts/study.py --config=configs/studies/deniz_fonts.py:quick --workdir=/tmp/advgen/dq
   python scripts/study.py --config=configs/studies/bounds_fonts.py --workdir=/tmp/advgen/bounds
 
 Run it again on the same workdir to resume (finished cells are skipped). --report_only rebuilds
@@ -14,7 +16,7 @@ from absl import flags
 
 from advgen import cli
 from advgen.errors import UserError
-from advgen.studies import bounds, launch, stutz
+from advgen.studies import bounds, deniz, launch, stutz
 
 _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
     'scripts/study.py', 'Study config file (configs/studies/).', 'Directory of the study.')
@@ -33,11 +35,20 @@ def main(argv):
   if not 0 <= _SHARD_INDEX.value < _SHARD_COUNT.value:
     raise UserError(f'--shard_index={_SHARD_INDEX.value} must be in [0, --shard_count='
                     f'{_SHARD_COUNT.value})')
+  if config.study in ('bounds', 'deniz') and (_LAUNCHER.value != 'local' or
+                                              _SHARD_COUNT.value > 1):
+    raise UserError(f'the {config.study} study runs as one job; drop --launcher and --shard_count '
+                    '(they split the cells of a stutz study)')
   if config.study == 'bounds':
     text = bounds.write_report(bounds.stored(workdir), workdir) if _REPORT_ONLY.value else (
         bounds.run(config, workdir)['table'])
+  elif config.study == 'deniz' and _REPORT_ONLY.value:
+    deniz.prepare(config, workdir)
+    text = deniz.write_report(config, workdir)
+  elif config.study == 'deniz':
+    text = deniz.run(config, workdir)
   elif config.study != 'stutz':
-    raise UserError(f'unknown config.study {config.study!r}; choose stutz or bounds')
+    raise UserError(f'unknown config.study {config.study!r}; choose stutz, deniz or bounds')
   elif _REPORT_ONLY.value:
     stutz.prepare(config, workdir)
     text = stutz.write_report(config, workdir)

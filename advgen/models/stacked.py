@@ -52,21 +52,29 @@ def model_keys(seed, num_models):
   return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(jnp.arange(num_models))
 
 
-@functools.partial(jax.jit, static_argnames='module')
-def _stacked_batch_logits(variables, x, *, module):
-  return over_models(lambda v: module.apply(v, x, train=False))(variables)
+@functools.partial(jax.jit, static_argnames=('module', 'per_model'))
+def _stacked_batch_logits(variables, x, *, module, per_model):
+  apply = lambda v, inputs: module.apply(v, inputs, train=False)
+  if per_model:
+    return over_models(apply)(variables, x)
+  return over_models(lambda v: apply(v, x))(variables)
 
 
-def stacked_logits(module, variables, x, batch_size=500):
-  """Logits (K, N, C) of K stacked classifiers on all of `x`.
+def stacked_logits(module, variables, x, batch_size=500, per_model=False):
+  """Logits (K, N, C) of K stacked classifiers on all of `x` (N, ...), or with `per_model` model
+  k's on its own inputs x[k] (x: K, N, ...).
 
   Batches are padded to one size, so every call with the same models compiles nothing new; they
   are dispatched from the host rather than looped over inside the program, where XLA:CPU runs
   convolutions several times slower.
   """
   x = np.asarray(x)
-  n = len(x)
-  padded = np.concatenate([x, np.zeros((-n % batch_size,) + x.shape[1:], x.dtype)])
-  parts = [_stacked_batch_logits(variables, padded[i:i + batch_size], module=module)
-           for i in range(0, len(padded), batch_size)]
+  axis = 1 if per_model else 0
+  n = x.shape[axis]
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, -n % batch_size)
+  padded = np.pad(x, pad)
+  parts = [_stacked_batch_logits(variables, np.take(padded, np.arange(i, i + batch_size), axis),
+                                 module=module, per_model=per_model)
+           for i in range(0, padded.shape[axis], batch_size)]
   return np.concatenate(jax.device_get(parts), axis=1)[:, :n]

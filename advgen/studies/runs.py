@@ -9,6 +9,7 @@ from absl import logging
 from advgen import data
 from advgen.errors import UserError
 from advgen.train import classifier, generator, trainer, variants, workdir as workdir_lib
+from advgen.train.checkpoint import Checkpoints
 
 LATENTS = generator.LATENTS
 KINDS = {
@@ -38,6 +39,29 @@ def load(kind, workdir, step=None):
 
 def load_classifiers(workdir, step=None):
   return load('classifier', workdir, step)
+
+
+def classifier_epochs(workdir):
+  """(config, dataset, module, at_epoch) of the classifiers trained in `workdir`, where
+  `at_epoch(e)` restores their stacked variables at the end of epoch e (1-based). Every epoch's
+  checkpoint must be kept (config.keep_checkpoint_every_epochs=1)."""
+  config = workdir_lib.stored_config(workdir, 'classifier', *KINDS['classifier'][2:])
+  dataset = data.load(config.dataset)
+  setup = classifier.build(config, dataset)
+  checkpoints = Checkpoints(workdir)
+  try:
+    kept = set(checkpoints.all_steps())
+  finally:
+    checkpoints.close()
+  missing = [e for e in range(1, config.num_epochs + 1) if e * setup.steps_per_epoch not in kept]
+  if missing:
+    raise UserError(f'{workdir} lacks the checkpoints of epochs {missing[:5]}...; train it with '
+                    'config.keep_checkpoint_every_epochs=1 (in a new workdir)')
+
+  def at_epoch(epoch):
+    return trainer.restore_state(workdir, setup, epoch * setup.steps_per_epoch).variables
+
+  return config, dataset, setup.module, at_epoch
 
 
 def load_generators(workdir, step=None):

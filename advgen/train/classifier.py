@@ -7,15 +7,18 @@ papers train several models per setting. The batch is sharded over all local dev
 
 import functools
 
+import jax
 import ml_collections
 import numpy as np
 
 from advgen import attacks, data, manifold, models, results as results_lib
+from advgen.data import splits
 from advgen.errors import UserError
 from advgen.models import stacked
 from advgen.train import steps, trainer, variants, workdir as workdir_lib
 
 SAFE_CODE_NORM = 2.0  # Stutz et al.'s "safe" codes: |z|_inf <= 2, inside the truncated prior
+_RESPLIT = 4  # what model keys are folded with for their splits (the trainer uses 0 to 3)
 
 
 def validate(config):
@@ -28,6 +31,11 @@ def validate(config):
                     f'{config.eval_batch_size!r}')
   models.check_classifier_name(config.model.name)
   variants.validate(config)
+  if not isinstance(config.get('resplit', False), bool):
+    raise UserError(f'config.resplit must be True or False, got {config.resplit!r}')
+  if config.get('resplit', False) and variants.needs_generator(config):
+    raise UserError('config.resplit=True does not combine with on-learned-manifold training '
+                    '(its codes belong to the fixed training split); set config.resplit=False')
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,15 +62,34 @@ def _step(state, batch, key, shared, *, module, tx, config, generator):
   return steps.train_step(state, batch, key, module=module, tx=tx, variant=variant)
 
 
-def build(config, dataset, models_=None, generator=None, pair_pool=None):
-  """The trainer Setup of config.num_models classifiers (or the subset `models_`); `generator`
-  (a Flax module) and `pair_pool` (the examples adversarial halves are drawn from) for
-  on-learned-manifold adversarial training."""
+def data_splits(config, dataset):
+  """(per-example arrays, train indices (K, n_train), test indices (K, n_test)) of the K models:
+  every model on the dataset's own split (test indices None), or with config.resplit each model
+  on its own stratified reshuffle of train + test (Deniz et al.'s runs; indices into the pooled
+  arrays), drawn from (config.seed, model index) alone."""
+  train = trainer.batch_dict(dataset, 'train')
+  num_models = config.num_models
+  if not config.get('resplit', False):
+    return train, np.tile(np.arange(len(dataset.y_train)), (num_models, 1)), None
+  keys = stacked.model_keys(config.seed, num_models)
+  parts = [splits.stratified_resplit(dataset.y_train, dataset.y_test,
+                                     jax.random.fold_in(keys[k], _RESPLIT))
+           for k in range(num_models)]
+  return (splits.pooled(train, trainer.batch_dict(dataset, 'test')),
+          np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]))
+
+
+def build(config, dataset, models_=None, generator=None, pair_pool=None, pools=None):
+  """The trainer Setup of config.num_models classifiers (or the subset `models_`), model k
+  drawing from `pools[k]` (default: every training example); `generator` (a Flax module) and
+  `pair_pool` (the examples adversarial halves are drawn from) for on-learned-manifold
+  adversarial training."""
   module = models.classifier(config.model.name, dataset.num_classes,
                              **config.model.get('kwargs', {}))
-  num_train = len(dataset.y_train)
-  pools = np.tile(np.arange(num_train, dtype=np.int32), (config.num_models, 1))
-  counts = np.full(config.num_models, num_train)
+  if pools is None:
+    pools = np.tile(np.arange(len(dataset.y_train)), (config.num_models, 1))
+  pools = np.asarray(pools, np.int32)
+  counts = np.full(config.num_models, pools.shape[1])
   settings = ml_collections.ConfigDict({'variant': config.variant, 'dataset': config.dataset})
   replays = variants.get(config).replays  # free adversarial training: updates per batch
   pairs = {}
@@ -76,9 +103,12 @@ def build(config, dataset, models_=None, generator=None, pair_pool=None):
       **pairs)
 
 
-def error_rates(module, variables, x, y, batch_size):
-  """Per-model error rate (K,) of stacked classifiers on (x, y)."""
-  logits = stacked.stacked_logits(module, variables, x, batch_size)
+def error_rates(module, variables, x, y, batch_size, indices=None):
+  """Per-model error rate (K,) of stacked classifiers on (x, y), or model k's on the rows
+  `indices[k]` of them."""
+  if indices is not None:
+    x, y = np.asarray(x)[indices], np.asarray(y)[indices]  # (K, n, ...)
+  logits = stacked.stacked_logits(module, variables, x, batch_size, per_model=indices is not None)
   return np.mean(np.argmax(logits, -1) != y, axis=1)
 
 
@@ -114,21 +144,28 @@ def train(config, workdir, generator=None):
                     'config.variant.generator_workdir: train through '
                     'scripts/train_classifier.py (advgen.studies.runs.train_classifier)')
   dataset = data.load(config.dataset)
-  train_data, shared, pair_pool = trainer.batch_dict(dataset, 'train'), {}, None
+  train_data, train_rows, test_rows = data_splits(config, dataset)
+  shared, pair_pool = {}, None
   if generator is not None:
     codes, shared, pair_pool = learned_codes(config, dataset, generator)
     train_data.update(codes)
-  setup = build(config, dataset, generator=None if generator is None else generator[0], pair_pool=pair_pool)
+  setup = build(config, dataset, generator=None if generator is None else generator[0],
+                pair_pool=pair_pool, pools=train_rows)
   workdir_lib.prepare(workdir, config)  # only a config that builds is recorded
+  x, y = train_data['image'], train_data['label']
+  if test_rows is None:
+    test = lambda variables: error_rates(setup.module, variables, dataset.x_test,
+                                         dataset.y_test, config.eval_batch_size)
+  else:
+    test = lambda variables: error_rates(setup.module, variables, x, y, config.eval_batch_size,
+                                         test_rows)
 
-  def evaluate(state):
-    return {'test_error': error_rates(setup.module, state.variables, dataset.x_test,
-                                      dataset.y_test, config.eval_batch_size)}
-
-  state = trainer.fit(config, workdir, setup, train_data, evaluate, shared)
-  errors = {split: error_rates(setup.module, state.variables, x, y, config.eval_batch_size)
-            for split, x, y in (('train_error', dataset.x_train, dataset.y_train),
-                                ('test_error', dataset.x_test, dataset.y_test))}
+  state = trainer.fit(config, workdir, setup, train_data,
+                      lambda state: {'test_error': test(state.variables)}, shared)
+  errors = {'train_error': error_rates(setup.module, state.variables, x, y,
+                                       config.eval_batch_size,
+                                       None if test_rows is None else train_rows),
+            'test_error': test(state.variables)}
   results = {'num_train': len(dataset.y_train), 'num_test': len(dataset.y_test),
              'num_steps': config.num_epochs * setup.steps_per_epoch,
              'num_models': setup.num_models, **results_lib.summarize(errors)}
