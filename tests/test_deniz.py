@@ -4,6 +4,8 @@ classifier; resume, --report_only and bad configs."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -98,12 +100,15 @@ def test_the_sets_are_empty_of_right_answers_at_m_and_deltas_start_there(study, 
   # FGSM's set: the test images right at M whose adversarial example the model at M gets wrong.
   with np.load(os.path.join(workdir, deniz.ATTACKS, 'fgsm.npz')) as f:
     x_adv = f['x_adv']
-  assert np.abs(x_adv - x_test).max() <= 0.1 + 1e-6
   at_m = deniz._at_best(at_epoch, best)
   right = np.argmax(stacked.stacked_logits(module, at_m, x_test, per_model=True), -1) == y_test
+  assert cnn['set_size']['fail'] == (~right).sum(1).tolist()
+  n = study[1].attack_images  # the adversarial sets come from the first n test images
+  assert x_adv.shape[1] == n < x_test.shape[1]
+  x_test, y_test, right = x_test[:, :n], y_test[:, :n], right[:, :n]
+  assert np.abs(x_adv - x_test).max() <= 0.1 + 1e-6
   fooled = np.argmax(stacked.stacked_logits(module, at_m, x_adv, per_model=True), -1) != y_test
   assert cnn['set_size']['fgsm'] == (right & fooled).sum(1).tolist()
-  assert cnn['set_size']['fail'] == (~right).sum(1).tolist()
   norms = np.linalg.norm((x_adv - x_test).reshape(*x_adv.shape[:2], -1), axis=-1)
   np.testing.assert_allclose(np.concatenate(cnn['l2_norms']['fgsm']),
                              norms[right & fooled], rtol=1e-5)
@@ -185,6 +190,7 @@ def test_report_only_and_a_resumed_study_give_the_same_report(study, tmp_path, m
     ({'attacks.fgsm.epsilon': -0.1}, 'epsilon must be a positive'),
     ({'attacks.fgsm.attack': 'on_true_manifold'}, 'on-manifold attacks are not part'),
     ({'knn.largest_k': 6}, 'positive odd number'),
+    ({'attack_images': -1}, 'attack_images must be an integer >= 0'),
     ({'classifier.variant.name': 'adversarial'}, 'trains normally'),
     ({'classifier.num_epochs': 0}, 'num_epochs must be a positive integer'),
 ])
@@ -192,4 +198,26 @@ def test_bad_configs_fail_before_any_work(tmp_path, overrides, message):
   config = configured(TINY, **overrides)
   with pytest.raises(UserError, match=message):
     deniz.run(config, str(tmp_path / 'study'))
+  assert not os.path.exists(tmp_path / 'study')
+
+
+def test_the_study_runs_on_a_tfds_dataset(tmp_path):
+  import tensorflow_datasets as tfds
+  config = configured(os.path.join(ROOT, 'configs', 'studies', 'deniz_tfds.py:mnist,tiny'))
+  for name in ('deepfool', 'cw_l2', 'hopskipjump'):
+    del config.attacks[name]
+  workdir = str(tmp_path / 'study')
+  with tfds.testing.mock_data(num_examples=300):
+    text = deniz.run(config, workdir)
+  results = deniz.stored(workdir)
+  assert results['dataset'] == 'mnist' and 'lenet5 on mnist' in text
+  assert results['num_train'] == 200 and results['num_test'] == 60
+
+
+def test_the_script_refuses_to_split_a_deniz_study_in_one_line(tmp_path):
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'scripts', 'study.py'), f'--config={TINY}',
+       f'--workdir={tmp_path / "study"}', '--launcher=slurm'], capture_output=True, text=True)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith('error: the deniz study runs as one job')
   assert not os.path.exists(tmp_path / 'study')

@@ -6,7 +6,7 @@ kept every epoch. M = the epoch of a run's best test accuracy. The sets of a run
   test         its test images;
   fail         the test images the model at M gets wrong;
   ATTACK       adversarial examples, made against the model at M, of the test images it gets
-               right, kept where they fool it.
+               right (of the first config.attack_images, 0: all), kept where they fool it.
 Accuracy of every epoch's model on every set (fail and adversarial sets are 0 at M by
 definition, checked), the delta ACC(last epoch) - ACC(M) per run and set, Welch's t-tests of
 the test set's deltas against each adversarial set's and of each adversarial set's against the
@@ -81,10 +81,10 @@ def validate(config):
     if attacks.needs_manifold(spec):
       raise UserError(f'config.attacks.{label}: on-manifold attacks are not part of this study; '
                       'use image-space attacks (fgsm, deepfool, cw_l2, hopskipjump, pgd_*)')
-  if isinstance(config.attack_batch_size, bool) or not isinstance(
-      config.attack_batch_size, int) or config.attack_batch_size < 1:
-    raise UserError(f'config.attack_batch_size must be a positive integer, got '
-                    f'{config.attack_batch_size!r}')
+  for field, low in (('attack_batch_size', 1), ('attack_images', 0)):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f'config.{field} must be an integer >= {low}, got {value!r}')
   knn.odd_ks(config.knn.largest_k)  # a positive odd number
 
 
@@ -169,20 +169,21 @@ def cnn_experiment(config, workdir, module, at_epoch, x, y, num_epochs):
   logging.info('best test epoch M per run: %s (of %d)', best.tolist(), num_epochs)
   labels = sorted(config.attacks)
   variables = _at_best(at_epoch, best)
-  adversarial = {a: _adversarial(config, workdir, a, i, module, variables, x, y)
+  n = config.attack_images or x.shape[1]  # adversarial sets come from the first n test images
+  adversarial = {a: _adversarial(config, workdir, a, i, module, variables, x[:, :n], y[:, :n])
                  for i, a in enumerate(labels)}
   adv_correct = {a: [] for a in labels}
   for e in epochs:
     restored = at_epoch(e)
     for a in labels:
-      adv_correct[a].append(predict(restored, adversarial[a]) == y)
+      adv_correct[a].append(predict(restored, adversarial[a]) == y[:, :n])
   adv_correct = {a: np.stack(v) for a, v in adv_correct.items()}
   runs_ = np.arange(len(best))
   right_at_best = test_correct[best - 1, runs_]  # (R, n)
   members = {TEST: np.ones_like(right_at_best), FAIL: ~right_at_best}
   correct = {TEST: test_correct, FAIL: test_correct}
   for a in labels:
-    members[a] = right_at_best & ~adv_correct[a][best - 1, runs_]
+    members[a] = right_at_best[:, :n] & ~adv_correct[a][best - 1, runs_]
     correct[a] = adv_correct[a]
   accuracy = {s: curves(correct[s], members[s]) for s in members}
   at_best = {s: accuracy[s][runs_, best - 1] for s in members}
@@ -190,8 +191,9 @@ def cnn_experiment(config, workdir, module, at_epoch, x, y, num_epochs):
     if np.any(np.nan_to_num(at_best[s]) != 0):
       raise RuntimeError(f'the {s} set has accuracy {at_best[s]} at M; it must be 0')
   deltas = {s: accuracy[s][:, -1] - at_best[s] for s in members}
-  norms = {a: [np.linalg.norm((adversarial[a][r] - x[r])[members[a][r]].reshape(
-      int(members[a][r].sum()), -1), axis=1).tolist() for r in runs_] for a in labels}
+  flat = lambda a: (adversarial[a] - x[:, :n]).reshape(len(x), n, -1)
+  norms = {a: [np.linalg.norm(flat(a)[r, members[a][r]], axis=1).tolist() for r in runs_]
+           for a in labels}
   return {'num_epochs': num_epochs, 'best_epoch': best.tolist(), 'attacks': labels,
           'set_size': {s: members[s].sum(-1).tolist() for s in members},
           'accuracy': {s: accuracy[s].tolist() for s in members},
@@ -210,8 +212,9 @@ def knn_experiment(config, train_x, train_y, x, y, adversarial, num_classes):
   members = {TEST: np.ones_like(test_right[0]), FAIL: ~test_right[0]}
   correct = {TEST: test_right, FAIL: test_right}
   for a in labels:
-    correct[a] = np.stack([predict(r, adversarial[a][r]) == y[r] for r in range(len(x))], 1)
-    members[a] = test_right[0] & ~correct[a][0]
+    n = adversarial[a].shape[1]  # made of the first n test images
+    correct[a] = np.stack([predict(r, adversarial[a][r]) == y[r, :n] for r in range(len(x))], 1)
+    members[a] = test_right[0][:, :n] & ~correct[a][0]
   accuracy = {s: curves(correct[s], members[s]) for s in members}  # (R, len(ks))
   slopes = {s: np.diff(accuracy[s], axis=1) for s in members}  # K -> K - 2
   steps = [f'{k}->{k - 2}' for k in ks[:-1]]
