@@ -221,3 +221,10 @@ def test_the_script_refuses_to_split_a_deniz_study_in_one_line(tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith('error: the deniz study runs as one job')
   assert not os.path.exists(tmp_path / 'study')
+
+
+def test_figure_11_aligns_each_run_at_its_best_epoch():
+  offsets, aligned = deniz.report._aligned([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], [1, 3])
+  assert offsets.tolist() == [-2, -1, 0, 1, 2]
+  np.testing.assert_array_equal(aligned[0], [np.nan, np.nan, 0.1, 0.2, 0.3])
+  np.testing.assert_array_equal(aligned[1], [0.4, 0.5, 0.6, np.nan, np.nan])

@@ -31,6 +31,11 @@ def _pm(values):
   return '–' if not values.size else f'{values.mean():.3f} ± {values.std():.3f}'
 
 
+def _mean(values):
+  values = np.asarray(values, float)
+  return '–' if not np.isfinite(values).any() else f'{np.nanmean(values):.3f}'
+
+
 def _p(value):
   return '–' if not np.isfinite(value) else f'{value:.2g}'
 
@@ -71,11 +76,15 @@ def cnn_section(cnn):
            f'M (best test epoch) per run: {cnn["best_epoch"]}. Mean set sizes: {_sizes(cnn)}.',
            '', '**Accuracy per epoch (mean ± std over runs)**', '',
            *_accuracy_table(cnn, epochs, 'epoch'), '',
-           '**Delta ACC(last epoch) - ACC(M)**', '', '| set | mean ± std | per run |',
-           '|---|---|---|']
+           '**Delta ACC(last epoch) - ACC(M)**, and the mean accuracy over the epochs before '
+           'and after M', '', '| set | delta, mean ± std | per run | before M | after M |',
+           '|---|---|---|---|---|']
   for s in sets:
     per_run = ', '.join(f'{v:.3f}' for v in cnn['delta']['per_model'][s])
-    lines.append(f'| {s} | {_pm(cnn["delta"]["per_model"][s])} | {per_run} |')
+    offsets, aligned = _aligned(cnn['accuracy'][s], cnn['best_epoch'])
+    before, after = (_mean(aligned[:, offsets < 0]), _mean(aligned[:, offsets > 0]))
+    lines.append(f'| {s} | {_pm(cnn["delta"]["per_model"][s])} | {per_run} | {before} | '
+                 f'{after} |')
   p = cnn['p_values']
   lines += ['', '**Welch\'s t-test p-values of the deltas**', '',
             '| attack | test vs adversarial | adversarial vs fail |', '|---|---|---|']
@@ -140,17 +149,25 @@ def _figure(ncols, width=4.6):
   return figure, figure.subplots(1, ncols, squeeze=False)[0]
 
 
-def _curves(ax, part, xs, xlabel, marks=()):
-  sets, _ = _sets(part)
-  for s in sets:
-    values = np.asarray(part['accuracy'][s], float)
+def _aligned(values, best):
+  """Epoch offsets from M and the accuracies (R, offsets) of each run at them (NaN where a run
+  has no such epoch)."""
+  values, best = np.asarray(values, float), np.asarray(best)
+  offsets = np.arange(1 - best.max(), values.shape[1] - best.min() + 1)
+  aligned = np.full((len(values), len(offsets)), np.nan)
+  for r, m in enumerate(best):
+    aligned[r, np.arange(values.shape[1]) + 1 - m - offsets[0]] = values[r]
+  return offsets, aligned
+
+
+def _curves(ax, curves, xs, xlabel):
+  """Mean ± std over runs of each set's accuracies (R, len(xs))."""
+  for name, values in curves.items():
     with warnings.catch_warnings():  # a set empty in every run has no mean: not drawn
       warnings.simplefilter('ignore', RuntimeWarning)
       mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
-    ax.plot(xs, mean, marker='.', label=s)
+    ax.plot(xs, mean, marker='.', label=name)
     ax.fill_between(xs, mean - std, mean + std, alpha=0.15)
-  for m in sorted(set(marks)):
-    ax.axvline(m, color='grey', lw=0.6, ls='--')
   ax.set_xlabel(xlabel)
   ax.set_ylabel('accuracy (mean ± std over runs)')
   ax.legend(fontsize=7)
@@ -172,8 +189,10 @@ def figures(results, directory, examples=None):
   sets, attacks = _sets(cnn)
   paths = [os.path.join(directory, name) for name in FIGURE_NAMES]
   figure, (ax,) = _figure(1, 6.5)
-  _curves(ax, cnn, np.arange(1, cnn['num_epochs'] + 1), 'epoch (dashed: each run\'s M)',
-          cnn['best_epoch'])
+  aligned = {name: _aligned(cnn['accuracy'][name], cnn['best_epoch']) for name in sets}
+  _curves(ax, {name: values for name, (_, values) in aligned.items()}, aligned['test'][0],
+          'epochs after M (each run aligned at its best test epoch)')
+  ax.axvline(0, color='grey', lw=0.6, ls='--')
   figure.savefig(paths[0], dpi=110)
   figure, (ax,) = _figure(1)
   _boxes(ax, [cnn['delta']['per_model'][s] for s in sets], sets, 'ACC(last) - ACC(M)')
@@ -183,7 +202,7 @@ def figures(results, directory, examples=None):
               for a in attacks], attacks, 'L2 norm of the perturbation')
   figure.savefig(paths[2], dpi=110)
   figure, (ax,) = _figure(1)
-  _curves(ax, part, part['ks'], 'K')
+  _curves(ax, {name: np.asarray(part['accuracy'][name], float) for name in sets}, part['ks'], 'K')
   ax.invert_xaxis()  # overfitting grows to the right, as K falls
   figure.savefig(paths[3], dpi=110)
   figure, axes = _figure(len(part['steps']), 3.6)

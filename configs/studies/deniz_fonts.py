@@ -56,7 +56,8 @@ def get_config(size=None):
     config.attack_images = 200
     config.attack_batch_size = 200
     config.attacks.cw_l2 = dict(attack='cw_l2', num_steps=50, binary_search_steps=4, lr=0.05)
-    config.attacks.hopskipjump = dict(attack='hopskipjump', num_iterations=10, max_num_evals=500)
+    config.attacks.hopskipjump = dict(attack='hopskipjump', num_iterations=8, init_num_evals=50,
+                                      max_num_evals=200)
   elif size == 'tiny':
     config.num_runs = 2
     config.classifier.dataset.num_train = 200
