@@ -57,6 +57,20 @@ def test_learned_manifold_decodes_with_each_examples_true_class(generator_workdi
   assert not np.allclose(decoded, other, atol=1e-3)
 
 
+@pytest.mark.parametrize('labels', [np.random.RandomState(0).randint(0, 10, 37),  # chunks span
+                                    np.full(23, 7), np.arange(30) % 10])          # classes
+def test_decoding_by_class_matches_each_class_decoder(generator_workdir, labels):
+  """decode_fn sorts the batch by class into chunks; each example still gets its own class's
+  decoder, in the batch's order."""
+  _, _, module, variables = runs.load_generators(generator_workdir)
+  z = jax.random.normal(jax.random.key(1), (len(labels), module.latent_dim))
+  decoded = np.asarray(jax.jit(class_models.decode_fn(module, variables))(z, labels))
+  for label in np.unique(labels):
+    rows = labels == label
+    own = class_models.class_decode_fn(module, variables, int(label))(z[rows])
+    np.testing.assert_allclose(decoded[rows], own, atol=1e-5)
+
+
 def test_attack_moves_the_test_codes_inside_their_box(attacked, generator_workdir):
   workdir, config, results, stored = attacked
   _, dataset, _, _ = runs.load_classifiers(workdir)

@@ -11,7 +11,7 @@ import pytest
 
 from advgen.errors import UserError
 from advgen.report import stutz as report
-from advgen.studies import launch, stutz
+from advgen.studies import attack as attack_study, launch, stutz
 from advgen.train import workdir as workdir_lib
 from conftest import ROOT, built_once, configured
 
@@ -47,6 +47,50 @@ def test_the_study_writes_cells_the_report_and_figures(study):
   assert '## Findings' in text and 'on_true_manifold adversarial training' in text
 
 
+def _examples(workdir, config):
+  return [report.load_examples(attack_study.paths(stutz.cell_dir(workdir, *cell), 'study')
+                               ['examples']) for cell in stutz.cells(config)]
+
+
+def test_fig3_pools_each_attacks_distances_of_its_counted_successes(study):
+  workdir, config = study
+  examples = _examples(workdir, config)
+  distances = report.true_distances(examples)
+  assert sorted(distances) == ['on_true_manifold', 'pgd_linf']
+  for label, (distance, norm) in distances.items():
+    m = config.attack.distance.num_images
+    masks = [a[f'{label}.counted_success'][:, :m] for a in examples]
+    np.testing.assert_array_equal(distance, np.concatenate(
+        [a[f'{label}.true_distance'][mask] for a, mask in zip(examples, masks)]))
+    np.testing.assert_array_equal(norm, np.concatenate(
+        [a[f'{label}.l2'][:, :m][mask] for a, mask in zip(examples, masks)]))
+  # Stutz Fig. 3: regular examples leave the manifold by about their norm, on-manifold ones not.
+  regular, on_manifold = distances['pgd_linf'], distances['on_true_manifold']
+  assert regular[0].size and on_manifold[0].size
+  assert np.median(regular[0]) > 0.5 * np.median(regular[1])
+  assert np.median(on_manifold[0]) < 1e-3 * np.median(regular[0])
+  text = open(os.path.join(workdir, 'report.md')).read()
+  assert (f'| pgd_linf | {regular[0].size} | {np.median(regular[0]):.3g} | '
+          f'{np.median(regular[1]):.3g} |') in text
+  assert f'| on_true_manifold | {on_manifold[0].size} | {np.median(on_manifold[0]):.3g} |' in text
+
+
+def test_example_grids_show_each_cells_adversarial_images(study):
+  workdir, config = study
+  examples = _examples(workdir, config)
+  summaries = [workdir_lib.read_json(os.path.join(stutz.cell_dir(workdir, *cell), 'cell.json'))
+               for cell in stutz.cells(config)]
+  rows, titles, marks = report.example_rows(summaries, examples, 'pgd_linf', count=4)
+  assert titles == ['test images', 'normal N=100', 'on_true_manifold N=100']
+  np.testing.assert_array_equal(rows[0], examples[0]['image'][:4])
+  for row, mark, arrays in zip(rows[1:], marks[1:], examples):
+    np.testing.assert_array_equal(row, arrays['pgd_linf.x_adv'][0, :4])
+    np.testing.assert_array_equal(mark, arrays['pgd_linf.counted_success'][0, :4])
+  for name in ('examples_pgd_linf.png', 'examples_on_true_manifold.png'):
+    assert os.path.getsize(os.path.join(workdir, 'figures', name)) > 0
+    assert f'figures/{name}' in open(os.path.join(workdir, 'report.md')).read()
+
+
 def test_report_only_rebuilds_the_same_report(study, tmp_path):
   workdir, config = study
   copy = _copy(workdir, tmp_path)
@@ -59,7 +103,7 @@ def test_report_only_rebuilds_the_same_report(study, tmp_path):
   expected = open(os.path.join(workdir, 'report.md')).read()
   assert open(os.path.join(copy, 'report.md')).read() == expected
   assert proc.stdout == expected
-  for name in report.FIGURE_NAMES:
+  for name in report.FIGURE_NAMES + ('examples_pgd_linf.png',):
     assert os.path.getsize(os.path.join(copy, 'figures', name)) > 0
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'study.py'),
                          f'--config={TINY}:tiny', f'--workdir={copy}', '--report_only',

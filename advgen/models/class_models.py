@@ -17,9 +17,33 @@ def _apply(module, method):
   return lambda v, inputs: module.apply(v, inputs, method=method)
 
 
-def _select(outputs, y):
-  """outputs (K, B, ...) -> (B, ...): example i from model y_i."""
-  return jax.tree.map(lambda o: o[y, jnp.arange(o.shape[1])], outputs)
+def _by_sorted_chunks(apply, variables, inputs, y):
+  """`apply(variables[y_i], inputs_i)` for each example i of a batch whose labels are traced.
+
+  Running every class model on the whole batch costs K times one model's work, and gathering
+  per-example parameters turns each layer into B tiny products. Instead the batch is sorted by
+  class and cut into n chunks of c = ceil(B / K) examples; chunk j spans classes lo_j..hi_j, and
+  since the labels are sorted there are at most n + K - 1 (chunk, class) pairs, a static count.
+  Each pair runs its class's model on its chunk: about 2B examples' work, static-shaped.
+  """
+  k, b = stacked.count(variables), inputs.shape[0]
+  c = -(-b // k)
+  n = -(-b // c)
+  order = jnp.argsort(y, stable=True)
+  pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], n * c - b, 0)])  # keeps labels sorted
+  ys = pad(y[order]).reshape(n, c)
+  xs = pad(inputs[order]).reshape((n, c) + inputs.shape[1:])
+  lo, spans = ys[:, 0], ys[:, -1] - ys[:, 0] + 1
+  starts = jnp.cumsum(spans) - spans
+  slot = jnp.arange(n + k - 1)  # slots past the pairs' count repeat the last chunk, unused
+  chunk = jnp.minimum(jnp.searchsorted(starts + spans, slot, side='right'), n - 1)
+  label = jnp.minimum(lo[chunk] + slot - starts[chunk], k - 1)
+  # vmapped, also on CPU: unrolling the pairs compiles 4x slower for no faster program.
+  out = jax.vmap(apply)(jax.tree.map(lambda a: a[label], variables), xs[chunk])
+  pair = starts[:, None] + ys - lo[:, None]  # (n, c): each sorted example's slot
+  inverse = jnp.argsort(order)
+  return jax.tree.map(
+      lambda o: o[pair, jnp.arange(c)].reshape((n * c,) + o.shape[2:])[:b][inverse], out)
 
 
 def _per_example(module, variables, method, name):
@@ -31,10 +55,7 @@ def _per_example(module, variables, method, name):
   def fn(inputs, y=None):
     if y is None:
       raise UserError(f'these generators are class-specific: call {name}(..., y) with the labels')
-    # Every class model runs on the whole batch and each example keeps its own class's output:
-    # K times the work of one model, but dense and static-shaped (gathering per-example
-    # parameters would copy the weights B times and turn each layer into B tiny products).
-    return _select(jax.vmap(apply, (0, None))(variables, inputs), jnp.asarray(y))
+    return _by_sorted_chunks(apply, variables, jnp.asarray(inputs), jnp.asarray(y))
 
   return fn
 
@@ -48,7 +69,7 @@ def decode_fn(module, variables):
   """`(z, y=None) -> x`: the decoder of each example's class, so decoded images keep label y.
 
   For a class-agnostic generator (K = 1) `y` is ignored. When every example has the same class
-  `class_decode_fn` is K times cheaper.
+  `class_decode_fn` is about twice as cheap.
   """
   return _per_example(module, variables, 'decode', 'decode_fn')
 

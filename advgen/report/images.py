@@ -16,8 +16,9 @@ def signed_difference(a, b):
   return 0.5 + 0.5 * d / max(float(np.abs(d).max()), 1e-8)
 
 
-def image_rows(rows, row_titles, path, column_titles=None):
-  """Saves rows of equally many NHWC images in [0, 1] as one PNG grid."""
+def image_rows(rows, row_titles, path, column_titles=None, marks=None, title=None):
+  """Saves rows of equally many NHWC images in [0, 1] as one PNG grid; `marks` (booleans shaped
+  like the grid, optional) frames the marked images in red, e.g. the successful attacks."""
   num_rows, num_cols = len(rows), len(rows[0])
   fig, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * 1.1, num_rows * 1.2),
                            squeeze=False)
@@ -28,10 +29,16 @@ def image_rows(rows, row_titles, path, column_titles=None):
       ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray', vmin=0, vmax=1)
       ax.set_xticks([])
       ax.set_yticks([])
+      if marks is not None and marks[r][c]:
+        for spine in ax.spines.values():
+          spine.set_color('red')
+          spine.set_linewidth(2)
       if c == 0:
         ax.set_ylabel(title, fontsize=7, rotation=0, ha='right', va='center')
       if r == 0 and column_titles is not None:
         ax.set_title(column_titles[c], fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)

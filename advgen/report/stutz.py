@@ -1,15 +1,19 @@
-"""Stutz et al.'s study as tables, findings and figures, from the cells' stored summaries.
+"""Stutz et al.'s study as tables, findings and figures, from the cells' stored results.
 
 A cell is one (training-set size N, training variant) with K seeds; its summary (`cell.json`,
 written by `advgen.studies.stutz`) holds per-model metrics in the layout of `advgen.results`:
 `test_error` and, per attack, `ATTACK/success_rate` (the per-restart average, Stutz's
-definition), `ATTACK/success_rate_any`, and distance statistics where measured. Everything here
-reads those numbers only, so `--report_only` rebuilds the report in seconds.
+definition), `ATTACK/success_rate_any`, and distance statistics where measured. Fig. 3 and the
+example grids read the per-example arrays of the cell's attack run (`examples.npz`: distances
+to the true manifold, successes, adversarial images). Everything here reads stored numbers
+only, so `--report_only` rebuilds the report in seconds.
 """
 
 import os
 
 import numpy as np
+
+from advgen.report import images
 
 REPORT = 'report.md'
 FIGURES = 'figures'
@@ -140,7 +144,53 @@ def findings(cells, regular='pgd_linf', on_manifold=None):
   return out or ['Too few cells to check the paper\'s findings.']
 
 
-def markdown(cells, title):
+def load_examples(path):
+  """The arrays of a cell's attack run (its `examples.npz`), read into memory."""
+  with np.load(path) as stored:
+    return dict(stored)
+
+
+def true_distances(examples):
+  """{attack: (distances to the true manifold, ||x_adv - x||_2)} of the counted successes whose
+  distance was measured, pooled over cells and models: the data of Stutz et al.'s Fig. 3."""
+  pooled = {}
+  for arrays in examples:
+    for key, distance in arrays.items():
+      label, _, name = key.rpartition('.')
+      if name != 'true_distance' or label == 'clean':
+        continue
+      m = distance.shape[1]
+      mask = arrays[f'{label}.counted_success'][:, :m]
+      pooled.setdefault(label, []).append((distance[mask], arrays[f'{label}.l2'][:, :m][mask]))
+  return {label: tuple(np.concatenate(column).astype(np.float64) for column in zip(*parts))
+          for label, parts in sorted(pooled.items())}
+
+
+def distance_table(distances):
+  """Markdown: per attack, the pooled examples' median distance to the true manifold, median
+  perturbation norm and median ratio (1: the perturbation leaves the manifold orthogonally)."""
+  lines = ['**Distance to the true manifold (counted successes of every cell and model, '
+           f'`{FIGURES}/{FIGURE_NAMES[0]}`)**', '',
+           '| attack | examples | median distance | median perturbation ‖·‖₂ | median ratio |',
+           '|---|---|---|---|---|']
+  for label, (distance, norm) in distances.items():
+    ratio = distance[norm > 0] / norm[norm > 0]
+    lines.append(f'| {label} | {distance.size} | ' + ' | '.join(
+        f'{np.median(v):.3g}' if v.size else '–' for v in (distance, norm, ratio)) + ' |')
+  lines += ['', 'The perturbation of on-learned-manifold examples is measured from the decoded '
+            'test code, so their distance includes the generator\'s own reconstruction error.']
+  return '\n'.join(lines) + '\n'
+
+
+def figure_names(cells, examples):
+  """The figures of a study: Figs. 3, 5, 6 and 7 and a grid of example images per attack with
+  stored adversarial images."""
+  return FIGURE_NAMES + tuple(f'examples_{name}.png' for name in attack_names(cells)
+                              if any(a.get(f'{name}.x_adv', np.zeros(0)).size for a in examples))
+
+
+def markdown(cells, title, examples=()):
+  """report.md; `examples` (one `load_examples` dict per cell) adds the distance table."""
   attacks = attack_names(cells)
   parts = [f'# {title}', '', f'{len(cells)} cells (training-set size N x training variant), '
            f'mean ± std over the seeds of each cell.', '', '## Findings', '']
@@ -155,11 +205,16 @@ def markdown(cells, title):
                            '/ ||x_adv - x||_2'), ('validity', 'learned on-manifold validity')):
       if any(f'{name}/{metric}' in c['mean'] for c in cells):
         parts.append(table(cells, f'{name}/{metric}', f'{name}: {label}'))
-  parts.append('Figures: ' + ', '.join(f'`{FIGURES}/{f}`' for f in FIGURE_NAMES) + '.')
+  distances = true_distances(examples)
+  if distances:
+    parts.append(distance_table(distances))
+  names = figure_names(cells, examples)
+  parts.append('Figures: ' + ', '.join(f'`{FIGURES}/{f}`' for f in names) + '.')
   return '\n'.join(parts) + '\n'
 
 
-FIGURE_NAMES = ('fig5_on_manifold.png', 'fig6_regular.png', 'fig7_variants.png')
+FIGURE_NAMES = ('fig3_manifold_distance.png', 'fig5_on_manifold.png', 'fig6_regular.png',
+                'fig7_variants.png')
 
 
 def _axes(ncols):
@@ -197,24 +252,68 @@ def _against_error(ax, cells, variant, metric, label):
   ax.legend(fontsize=7)
 
 
-def figures(cells, directory, regular='pgd_linf', on_manifold=None):
-  """Counterparts of Stutz et al.'s Figs. 5, 6 and 7 as PNGs in `directory`."""
+def _distance_figure(distances, path, regular='pgd_linf'):
+  """Stutz Fig. 3: histograms of the distance to the true manifold per attack, and the regular
+  examples' distance against their perturbation norm (on the diagonal: orthogonal to it)."""
+  figure, axes = _axes(2)
+  if not distances:
+    axes[0].text(0.5, 0.5, 'no distances to the true manifold (fonts only)', ha='center')
+  top = max([d.max() for d, _ in distances.values() if d.size] + [1e-6])
+  bins = np.linspace(0, top, 31)
+  for label, (distance, _) in distances.items():
+    axes[0].hist(distance, bins=bins, alpha=0.5, label=f'{label} ({distance.size})')
+  axes[0].set_xlabel('L2 distance to the true manifold')
+  axes[0].set_ylabel('adversarial examples')
+  axes[0].legend(fontsize=7)
+  distance, norm = distances.get(regular, (np.array([]), np.array([])))
+  axes[1].scatter(norm, distance, s=10, label=f'{regular} ({distance.size})')
+  if norm.size:
+    axes[1].plot([0, norm.max()], [0, norm.max()], 'k--', lw=1, label='distance = ‖x_adv − x‖₂')
+  axes[1].set_xlabel('‖x_adv − x‖₂')
+  axes[1].set_ylabel('distance to the true manifold')
+  axes[1].legend(fontsize=7)
+  figure.savefig(path, dpi=110)
+
+
+def example_rows(cells, examples, label, count=8):
+  """The first `count` test images, then per cell model 0's adversarial examples of `label`
+  (rows, row titles, marks: which are counted successes)."""
+  rows, titles, marks = [], [], []
+  for cell, arrays in zip(cells, examples):
+    if f'{label}.x_adv' not in arrays:
+      continue
+    if not rows:
+      rows, titles, marks = [arrays['image'][:count]], ['test images'], [[False] * count]
+    rows.append(arrays[f'{label}.x_adv'][0, :count])
+    titles.append(f'{cell["variant"]} N={cell["num_train"]}')
+    marks.append(arrays[f'{label}.counted_success'][0, :count])
+  return rows, titles, marks
+
+
+def figures(cells, directory, examples, regular='pgd_linf', on_manifold=None):
+  """Counterparts of Stutz et al.'s Figs. 3, 5, 6 and 7 and the example grids as PNGs in
+  `directory`; `examples` holds one `load_examples` dict per cell, in the order of `cells`."""
   on_manifold = on_manifold or _on_manifold(cells)
   os.makedirs(directory, exist_ok=True)
+  _distance_figure(true_distances(examples), os.path.join(directory, FIGURE_NAMES[0]), regular)
+  for name in figure_names(cells, examples)[len(FIGURE_NAMES):]:
+    rows, titles, marks = example_rows(cells, examples, name[9:-4])  # examples_LABEL.png
+    images.image_rows(rows, titles, os.path.join(directory, name), marks=marks,
+                      title=f'{name[9:-4]}: adversarial examples of model 0 (red: counted success)')
   variants = sorted({c['variant'] for c in cells}, key=_variant_order)
   on_rate, reg_rate = f'{on_manifold}/success_rate', f'{regular}/success_rate'
   figure, axes = _axes(3)
   _against_n(axes[0], cells, variants, on_rate, f'{on_manifold} success rate')
   _against_n(axes[1], cells, variants, 'test_error', 'test error')
   _against_error(axes[2], cells, 'normal', on_rate, f'{on_manifold} success rate')
-  figure.savefig(os.path.join(directory, FIGURE_NAMES[0]), dpi=110)
+  figure.savefig(os.path.join(directory, FIGURE_NAMES[1]), dpi=110)
   figure, axes = _axes(2)
   _against_n(axes[0], cells, variants, reg_rate, f'{regular} success rate')
   _against_error(axes[1], cells, 'normal', reg_rate, f'{regular} success rate')
-  figure.savefig(os.path.join(directory, FIGURE_NAMES[1]), dpi=110)
+  figure.savefig(os.path.join(directory, FIGURE_NAMES[2]), dpi=110)
   figure, axes = _axes(2)
   for ax, metric, label in ((axes[0], 'test_error', 'test error'),
                             (axes[1], on_rate, f'{on_manifold} success rate')):
     _against_n(ax, cells, variants, metric, label)
-  figure.savefig(os.path.join(directory, FIGURE_NAMES[2]), dpi=110)
-  return [os.path.join(directory, name) for name in FIGURE_NAMES]
+  figure.savefig(os.path.join(directory, FIGURE_NAMES[3]), dpi=110)
+  return [os.path.join(directory, name) for name in figure_names(cells, examples)]

@@ -33,7 +33,7 @@ from advgen import attacks, evaluate, manifold, results as results_lib
 from advgen.attacks import norms
 from advgen.data import fonts
 from advgen.errors import UserError
-from advgen.models import stacked
+from advgen.models import class_models, stacked
 from advgen.report import images as image_report
 from advgen.studies import runs
 from advgen.train import trainer, workdir as workdir_lib
@@ -126,6 +126,58 @@ def attack_models(variables, batch, key, *, module, attack):
   arrays, model k's the same as attacking model k alone."""
   one = lambda v: attack(lambda inputs: module.apply(v, inputs, train=False), batch, key)
   return stacked.over_models(one)(variables)
+
+
+def _attack_in_batches(attack, test, variables, module, key, batch_size):
+  """`attack` on every model and test image, batch by batch: (K, N, ...) arrays."""
+  batches = []
+  for start in range(0, len(test['label']), batch_size):
+    batch = jax.tree.map(lambda a: a[start:start + batch_size], test)
+    batches.append(jax.device_get(attack_models(variables, batch, jax.random.fold_in(key, start),
+                                                module=module, attack=attack)))
+  return jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *batches)
+
+
+@functools.partial(jax.jit, static_argnames=('module', 'generator', 'spec'))
+def _attack_class(variables, decoder, box, batch, key, *, module, generator, spec):
+  """The learned-manifold attack `spec` (sorted items) on a batch of one class, decoded by that
+  class's generator `decoder` alone; compiled once for every class and cell."""
+  space = attacks.learned_manifold(generator, jax.tree.map(lambda a: a[None], decoder), box)
+  return attack_models(variables, batch, key, module=module,
+                       attack=attacks.build(dict(spec), {'learned': space}))
+
+
+def _attack_by_class(spec, test, variables, module, generator, key, batch_size):
+  """The learned-manifold attack with the test images grouped by class, so each step decodes
+  with the true class's generator only (decoding with all of them and keeping one costs C
+  times as much); (K, N, ...) arrays in the order of `test`."""
+  index, counts = class_models.group_by_class(test['label'],
+                                              stacked.count(generator['variables']))
+  chunks = -(-index.shape[1] // batch_size)
+  size = -(-index.shape[1] // chunks)  # equal batches: one compiled shape
+  index = np.concatenate([index, np.repeat(index[:, :1], chunks * size - index.shape[1], 1)], 1)
+  spec = tuple(sorted(dict(spec).items()))
+  parts = []
+  for k, row in enumerate(index):
+    decoder = stacked.select(generator['variables'], k)
+    for start in range(0, len(row), size):
+      rows = row[start:start + size]
+      batch = jax.tree.map(lambda a: a[rows], test)
+      batch_key = jax.random.fold_in(jax.random.fold_in(key, k), start)
+      out = jax.device_get(_attack_class(variables, decoder, generator['box'], batch, batch_key,
+                                         module=module, generator=generator['module'],
+                                         spec=spec))
+      valid = np.arange(start, start + size) < counts[k]  # not the padding
+      parts.append((rows[valid], jax.tree.map(lambda o: o[:, valid], out)))
+  return jax.tree.map(lambda *outs: _scatter([r for r, _ in parts], outs), *[o for _, o in parts])
+
+
+def _scatter(rows, outs):
+  """Per-part outputs (K, n_i, ...) at example indices rows[i] -> one (K, N, ...) array."""
+  out = np.zeros(outs[0].shape[:1] + (sum(map(len, rows)),) + outs[0].shape[2:], outs[0].dtype)
+  for r, o in zip(rows, outs):
+    out[:, r] = o
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=('module', 'latent_dim', 'num_restarts',
@@ -228,14 +280,14 @@ def run(config, workdir):
                                                    counted_codes)
   examples = {}
   for index, label in enumerate(sorted(built)):
-    batches = []
-    for start in range(0, num, config.batch_size):
-      batch = jax.tree.map(lambda a: a[start:start + config.batch_size], test)
-      batch_key = jax.random.fold_in(jax.random.fold_in(key, index), start)
-      batches.append(jax.device_get(attack_models(variables, batch, batch_key, module=module,
-                                                  attack=built[label])))
-    result = jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *batches)  # (K, N, ...)
     learned = attacks.needs_manifold(config.attacks[label]) == 'learned'
+    attack_key = jax.random.fold_in(key, index)
+    if learned:
+      result = _attack_by_class(config.attacks[label], test, variables, module, generator,
+                                attack_key, config.batch_size)
+    else:
+      result = _attack_in_batches(built[label], test, variables, module, attack_key,
+                                  config.batch_size)
     counted = counted_codes if learned else None
     per_model = [evaluate.summarize(stacked.select(result, k), y, clean_logits[k], counted)
                  for k in range(num_models)]

@@ -7,7 +7,7 @@ Layout of a study's workdir:
   cells/VARIANT-nN/              a classifier workdir (K seeds in one program), its attack run
                                  under attacks/study/, and cell.json, its summary (written last:
                                  it marks the cell done)
-  report.md, figures/            from the cells' summaries alone (`write_report`)
+  report.md, figures/            from the cells' summaries and stored examples (`write_report`)
 
 A killed study started again skips finished cells and resumes the running one from its
 checkpoint. Cells are independent: `cells(config)` fixes their order, a shard runs every
@@ -183,17 +183,20 @@ def finished(config, workdir):
 
 
 def write_report(config, workdir):
-  """report.md and figures/ from the cells' summaries; refuses while cells are missing."""
+  """report.md and figures/ from the cells' summaries and stored examples; refuses while cells
+  are missing."""
   missing = [f'{v}-n{n}' for v, n in cells(config) if (v, n) not in finished(config, workdir)]
   if missing:
     raise UserError(f'{len(missing)} cells are not finished ({", ".join(missing[:4])}...); run '
                     'the study (or its remaining shards) first')
   summaries = [workdir_lib.read_json(os.path.join(cell_dir(workdir, *c), CELL))
                for c in cells(config)]
-  text = report.markdown(summaries, config.get('title', "Stutz et al.'s study"))
+  examples = [report.load_examples(attack_study.paths(cell_dir(workdir, *c), ATTACK_NAME)
+                                   ['examples']) for c in cells(config)]
+  text = report.markdown(summaries, config.get('title', "Stutz et al.'s study"), examples)
   with open(os.path.join(workdir, report.REPORT), 'w') as f:
     f.write(text)
-  report.figures(summaries, os.path.join(workdir, report.FIGURES))
+  report.figures(summaries, os.path.join(workdir, report.FIGURES), examples)
   return text
 
 

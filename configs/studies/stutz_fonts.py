@@ -64,7 +64,7 @@ def _quick(config):
   config.classifier.variant.step_size = 0.02
   config.generator.dataset.num_train = 4000
   config.generator.num_epochs = 10
-  # Narrower nets: the learned-manifold attack runs every class decoder at each of its steps.
+  # Narrower nets: a class decoder runs at every step of the learned-manifold attack and training.
   config.generator.model.kwargs.encoder_channels = (16, 32, 64)
   config.generator.model.kwargs.decoder_channels = (64, 32, 16)
   config.generator.model.kwargs.discriminator_channels = (16, 32, 64)
