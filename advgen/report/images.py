@@ -22,7 +22,7 @@ def image_rows(rows, row_titles, path, column_titles=None, marks=None, title=Non
   num_rows, num_cols = len(rows), len(rows[0])
   fig, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * 1.1, num_rows * 1.2),
                            squeeze=False)
-  for r, (images, title) in enumerate(zip(rows, row_titles)):
+  for r, (images, row_title) in enumerate(zip(rows, row_titles)):
     for c, image in enumerate(images):
       ax = axes[r, c]
       image = np.asarray(image)
@@ -34,7 +34,7 @@ def image_rows(rows, row_titles, path, column_titles=None, marks=None, title=Non
           spine.set_color('red')
           spine.set_linewidth(2)
       if c == 0:
-        ax.set_ylabel(title, fontsize=7, rotation=0, ha='right', va='center')
+        ax.set_ylabel(row_title, fontsize=7, rotation=0, ha='right', va='center')
       if r == 0 and column_titles is not None:
         ax.set_title(column_titles[c], fontsize=7)
   if title:
