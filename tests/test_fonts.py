@@ -53,6 +53,15 @@ def test_projection_is_exact_on_clean_samples_and_far_from_noisy_ones(fonts_mani
   assert np.all(np.asarray(noisy_residual) > 0.5 * clean_distance)
 
 
+def test_projection_finds_clean_samples_the_moment_grid_alone_misses(fonts_manifold):
+  """Clean samples where the 32 grid rotations alone end in a local minimum or a near-identical
+  font (an oblique twin): the rotations matched on polar rings find them exactly."""
+  x, y, _ = fonts.sample(fonts_manifold, jax.random.key(0), 1000)
+  hard = np.array([62, 149, 166, 183, 285, 509, 525, 570])
+  _, _, residual = fonts.project(fonts_manifold, x[hard], y[hard])
+  assert np.all(np.asarray(residual) <= 0.01)
+
+
 def test_projection_is_never_farther_than_a_given_point_of_the_manifold(fonts_manifold):
   """Perturbed images: the clean image (font, theta) is a point of the manifold; a projection
   farther than it would be wrong. With a search that cannot find it (no starts, no steps) the
