@@ -216,9 +216,6 @@ def test_divergence_stops_before_saving_and_names_the_last_good_checkpoint(tmp_p
   assert saved_steps(workdir) == []
 
 
-@pytest.mark.xfail(strict=True, reason='bug: fit truncates metrics.jsonl only when it resumes '
-                   'from a checkpoint, so a run killed before its first checkpoint logs its '
-                   'early lines twice when rerun')
 def test_a_run_killed_before_its_first_checkpoint_does_not_log_lines_twice(tmp_path):
   with pytest.raises(Killed):
     run(tmp_path, train_step=toy_step([], die_at=2))  # line 2 logged, no checkpoint yet
@@ -226,9 +223,6 @@ def test_a_run_killed_before_its_first_checkpoint_does_not_log_lines_twice(tmp_p
   assert [r['step'] for r in records(tmp_path)] == [2, 4, 6, 7]
 
 
-@pytest.mark.xfail(strict=True, reason='bug: after a checkpoint at a step that is not a log '
-                   'step, last_time is reset but last_step is not, so the next rate counts the '
-                   "steps before the checkpoint without their time (4 steps/s here, not 2)")
 def test_rate_after_a_checkpoint_between_log_lines(tmp_path, monkeypatch):
   """The checkpoint at 3 falls between the log lines at 2 and 4: still 2 steps/s."""
   clock = FakeClock(monkeypatch)

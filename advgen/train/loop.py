@@ -45,9 +45,9 @@ def fit(*, workdir, state, train_step, num_steps, steps_per_epoch, examples_per_
   writer = MetricWriter(workdir)
   try:
     start = checkpoints.latest_step() or 0
+    writer.truncate_after(start)  # lines a killed run logged after its last checkpoint
     if start:
       state = checkpoints.restore(state, start)
-      writer.truncate_after(start)
       logging.info('resuming from the checkpoint at step %d', start)
     last_time, last_step = time.time(), start
     for step in range(start, num_steps):
@@ -84,8 +84,9 @@ def fit(*, workdir, state, train_step, num_steps, steps_per_epoch, examples_per_
         writer.write(done, {'epoch': done / steps_per_epoch, **record,
                             **results_lib.summarize(per_model)})
       if is_checkpoint:
+        saving = time.time()
         checkpoints.save(done, state)
-        last_time = time.time()  # checkpoint time is not training time
+        last_time += time.time() - saving  # checkpoint time is not training time
   finally:  # also on errors: a manager left open dies noisily in its threads at exit
     checkpoints.close()
   return state
