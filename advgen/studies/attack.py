@@ -120,12 +120,15 @@ def load_generator(workdir, dataset, class_specific=True):
           'box': np.stack([codes.min(0), codes.max(0)])}
 
 
-@functools.partial(jax.jit, static_argnames=('module', 'attack'))
-def attack_models(variables, batch, key, *, module, attack):
+@functools.partial(jax.jit, static_argnames=('module', 'attack', 'per_model'))
+def attack_models(variables, batch, key, *, module, attack, per_model=False):
   """The attack on each of the K stacked models, as one program: an AttackResult of (K, B, ...)
-  arrays, model k's the same as attacking model k alone."""
-  one = lambda v: attack(lambda inputs: module.apply(v, inputs, train=False), batch, key)
-  return stacked.over_models(one)(variables)
+  arrays, model k's the same as attacking model k alone; with `per_model`, model k attacks its
+  own batch (the leaves of `batch` are K, B, ...)."""
+  one = lambda v, b: attack(lambda inputs: module.apply(v, inputs, train=False), b, key)
+  if per_model:
+    return stacked.over_models(one)(variables, batch)
+  return stacked.over_models(lambda v: one(v, batch))(variables)
 
 
 def _attack_in_batches(attack, test, variables, module, key, batch_size):

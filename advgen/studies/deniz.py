@@ -28,7 +28,6 @@ Layout of the study's workdir:
 A killed study resumes: training from its checkpoint, finished attacks are loaded.
 """
 
-import functools
 import os
 import time
 
@@ -42,7 +41,7 @@ from advgen import attacks, results as results_lib
 from advgen.errors import UserError
 from advgen.models import knn, stacked
 from advgen.report import deniz as report
-from advgen.studies import runs
+from advgen.studies import attack as attack_study, runs
 from advgen.train import classifier, workdir as workdir_lib
 
 CNN, ATTACKS, RESULTS, EXAMPLES = 'cnn', 'attacks', 'results.json', 'examples.npz'
@@ -94,13 +93,6 @@ def prepare(config, workdir):
   workdir_lib.prepare(workdir, config)
 
 
-@functools.partial(jax.jit, static_argnames=('module', 'attack'))
-def _attack_runs(variables, batch, key, *, module, attack):
-  """The attack on each run's own batch (K, B, ...) against that run's model, in one program."""
-  one = lambda v, b: attack(lambda inputs: module.apply(v, inputs, train=False), b, key)
-  return stacked.over_models(one)(variables, batch)
-
-
 def _adversarial(config, workdir, label, index, module, variables, x, y):
   """x_adv (R, n, ...) of every run's test images, made against its model at M; stored in
   attacks/LABEL.npz and loaded from there when the study is resumed."""
@@ -115,8 +107,8 @@ def _adversarial(config, workdir, label, index, module, variables, x, y):
   parts = []
   for start in range(0, x.shape[1], size):
     batch = {'image': x[:, start:start + size], 'label': y[:, start:start + size]}
-    result = _attack_runs(variables, batch, jax.random.fold_in(key, start), module=module,
-                          attack=attack)
+    result = attack_study.attack_models(variables, batch, jax.random.fold_in(key, start),
+                                        module=module, attack=attack, per_model=True)
     parts.append(np.asarray(result.x_adv))
   x_adv = np.concatenate(parts, axis=1)
   os.makedirs(os.path.dirname(path), exist_ok=True)
