@@ -201,16 +201,17 @@ def test_bad_configs_fail_before_any_work(tmp_path, overrides, message):
   assert not os.path.exists(tmp_path / 'study')
 
 
-def test_the_study_runs_on_a_tfds_dataset(tmp_path):
+@pytest.mark.parametrize('name', ['mnist', 'cifar10'])
+def test_the_study_runs_on_a_tfds_dataset(tmp_path, name):
   import tensorflow_datasets as tfds
-  config = configured(os.path.join(ROOT, 'configs', 'studies', 'deniz_tfds.py:mnist,tiny'))
-  for name in ('deepfool', 'cw_l2', 'hopskipjump'):
-    del config.attacks[name]
+  config = configured(os.path.join(ROOT, 'configs', 'studies', f'deniz_tfds.py:{name},tiny'))
+  for attack in ('deepfool', 'cw_l2', 'hopskipjump'):
+    del config.attacks[attack]
   workdir = str(tmp_path / 'study')
   with tfds.testing.mock_data(num_examples=300):
     text = deniz.run(config, workdir)
   results = deniz.stored(workdir)
-  assert results['dataset'] == 'mnist' and 'lenet5 on mnist' in text
+  assert results['dataset'] == name and f'lenet5 on {name}' in text
   assert results['num_train'] == 200 and results['num_test'] == 60
 
 
