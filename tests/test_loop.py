@@ -139,7 +139,7 @@ def test_rates_and_eta_count_training_time_only(tmp_path, monkeypatch, caplog):
   examples per step, and an ETA of half a second per step left."""
   clock = FakeClock(monkeypatch)
   calls = []
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   evaluate = lambda state: {'accuracy': np.array([0.123456, 0.5])}
   run(tmp_path, log_every=1, evaluate=evaluate, train_step=toy_step(calls, clock))
   logged = [r for r in records(tmp_path) if 'loss' in r['per_model']]
@@ -167,7 +167,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_without_rerunning_a_step(tmp_p
   assert [r['step'] for r in records(workdir)] == [2, 3, 4]
   with open(workdir / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 5, "per_mo')
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   calls = []
   state, _, evaluated = run(workdir, evaluate=True, train_step=toy_step(calls))
   assert calls == [3, 4, 5, 6]  # toy_step also checks each got the state of exactly its step
