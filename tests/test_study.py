@@ -48,8 +48,8 @@ def test_the_study_writes_cells_the_report_and_figures(study):
 
 
 def _examples(workdir, config):
-  return [report.load_examples(attack_study.paths(stutz.cell_dir(workdir, *cell), 'study')
-                               ['examples']) for cell in stutz.cells(config)]
+  return [workdir_lib.read_arrays(attack_study.paths(stutz.cell_dir(workdir, *cell), 'study')
+                                  ['examples']) for cell in stutz.cells(config)]
 
 
 def test_fig3_pools_each_attacks_distances_of_its_counted_successes(study):

@@ -141,14 +141,6 @@ def markdown(results, title):
   return '\n'.join(lines) + '\n'
 
 
-def _figure(ncols, width=4.6):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  figure = Figure(figsize=(width * ncols, 3.6), layout='constrained')
-  FigureCanvasAgg(figure)
-  return figure, figure.subplots(1, ncols, squeeze=False)[0]
-
-
 def _aligned(values, best):
   """Epoch offsets from M and the accuracies (R, offsets) of each run at them (NaN where a run
   has no such epoch)."""
@@ -188,24 +180,24 @@ def figures(results, directory, examples=None):
   cnn, part = results['cnn'], results['knn']
   sets, attacks = _sets(cnn)
   paths = [os.path.join(directory, name) for name in FIGURE_NAMES]
-  figure, (ax,) = _figure(1, 6.5)
+  figure, (ax,) = images.figure_row(1, 6.5, 3.6)
   aligned = {name: _aligned(cnn['accuracy'][name], cnn['best_epoch']) for name in sets}
   _curves(ax, {name: values for name, (_, values) in aligned.items()}, aligned['test'][0],
           'epochs after M (each run aligned at its best test epoch)')
   ax.axvline(0, color='grey', lw=0.6, ls='--')
   figure.savefig(paths[0], dpi=110)
-  figure, (ax,) = _figure(1)
+  figure, (ax,) = images.figure_row(1, 4.6, 3.6)
   _boxes(ax, [cnn['delta']['per_model'][s] for s in sets], sets, 'ACC(last) - ACC(M)')
   figure.savefig(paths[1], dpi=110)
-  figure, (ax,) = _figure(1)
+  figure, (ax,) = images.figure_row(1, 4.6, 3.6)
   _boxes(ax, [np.concatenate([np.asarray(v, float) for v in cnn['l2_norms'][a]] + [np.zeros(0)])
               for a in attacks], attacks, 'L2 norm of the perturbation')
   figure.savefig(paths[2], dpi=110)
-  figure, (ax,) = _figure(1)
+  figure, (ax,) = images.figure_row(1, 4.6, 3.6)
   _curves(ax, {name: np.asarray(part['accuracy'][name], float) for name in sets}, part['ks'], 'K')
   ax.invert_xaxis()  # overfitting grows to the right, as K falls
   figure.savefig(paths[3], dpi=110)
-  figure, axes = _figure(len(part['steps']), 3.6)
+  figure, axes = images.figure_row(len(part['steps']), 3.6, 3.6)
   for ax, step in zip(axes, part['steps']):
     _boxes(ax, [part['slope'][step]['per_model'][s] for s in sets], sets, 'slope')
     ax.set_title(f'K {step}', fontsize=9)

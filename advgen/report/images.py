@@ -16,6 +16,15 @@ def signed_difference(a, b):
   return 0.5 + 0.5 * d / max(float(np.abs(d).max()), 1e-8)
 
 
+def figure_row(ncols, width=4.2, height=3.4):
+  """A figure of `ncols` side-by-side axes, each `width` x `height` inches, and the axes."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  figure = Figure(figsize=(width * ncols, height), layout='constrained')
+  FigureCanvasAgg(figure)
+  return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
 def image_rows(rows, row_titles, path, column_titles=None, marks=None, title=None):
   """Saves rows of equally many NHWC images in [0, 1] as one PNG grid; `marks` (booleans shaped
   like the grid, optional) frames the marked images in red, e.g. the successful attacks."""

@@ -144,12 +144,6 @@ def findings(cells, regular='pgd_linf', on_manifold=None):
   return out or ['Too few cells to check the paper\'s findings.']
 
 
-def load_examples(path):
-  """The arrays of a cell's attack run (its `examples.npz`), read into memory."""
-  with np.load(path) as stored:
-    return dict(stored)
-
-
 def true_distances(examples):
   """{attack: (distances to the true manifold, ||x_adv - x||_2)} of the counted successes whose
   distance was measured, pooled over cells and models: the data of Stutz et al.'s Fig. 3."""
@@ -190,7 +184,7 @@ def figure_names(cells, examples):
 
 
 def markdown(cells, title, examples=()):
-  """report.md; `examples` (one `load_examples` dict per cell) adds the distance table."""
+  """report.md; `examples` (the arrays of each cell's examples.npz) adds the distance table."""
   attacks = attack_names(cells)
   parts = [f'# {title}', '', f'{len(cells)} cells (training-set size N x training variant), '
            f'mean ± std over the seeds of each cell.', '', '## Findings', '']
@@ -215,14 +209,6 @@ def markdown(cells, title, examples=()):
 
 FIGURE_NAMES = ('fig3_manifold_distance.png', 'fig5_on_manifold.png', 'fig6_regular.png',
                 'fig7_variants.png')
-
-
-def _axes(ncols):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  figure = Figure(figsize=(4.2 * ncols, 3.4), layout='constrained')
-  FigureCanvasAgg(figure)
-  return figure, figure.subplots(1, ncols, squeeze=False)[0]
 
 
 def _against_n(ax, cells, variants, metric, label):
@@ -255,7 +241,7 @@ def _against_error(ax, cells, variant, metric, label):
 def _distance_figure(distances, path, regular='pgd_linf'):
   """Stutz Fig. 3: histograms of the distance to the true manifold per attack, and the regular
   examples' distance against their perturbation norm (on the diagonal: orthogonal to it)."""
-  figure, axes = _axes(2)
+  figure, axes = images.figure_row(2)
   if not distances:
     axes[0].text(0.5, 0.5, 'no distances to the true manifold (fonts only)', ha='center')
   top = max([d.max() for d, _ in distances.values() if d.size] + [1e-6])
@@ -292,7 +278,7 @@ def example_rows(cells, examples, label, count=8):
 
 def figures(cells, directory, examples, regular='pgd_linf', on_manifold=None):
   """Counterparts of Stutz et al.'s Figs. 3, 5, 6 and 7 and the example grids as PNGs in
-  `directory`; `examples` holds one `load_examples` dict per cell, in the order of `cells`."""
+  `directory`; `examples` holds each cell's examples.npz arrays, in the order of `cells`."""
   on_manifold = on_manifold or _on_manifold(cells)
   os.makedirs(directory, exist_ok=True)
   _distance_figure(true_distances(examples), os.path.join(directory, FIGURE_NAMES[0]), regular)
@@ -302,16 +288,16 @@ def figures(cells, directory, examples, regular='pgd_linf', on_manifold=None):
                       title=f'{name[9:-4]}: adversarial examples of model 0 (red: counted success)')
   variants = sorted({c['variant'] for c in cells}, key=_variant_order)
   on_rate, reg_rate = f'{on_manifold}/success_rate', f'{regular}/success_rate'
-  figure, axes = _axes(3)
+  figure, axes = images.figure_row(3)
   _against_n(axes[0], cells, variants, on_rate, f'{on_manifold} success rate')
   _against_n(axes[1], cells, variants, 'test_error', 'test error')
   _against_error(axes[2], cells, 'normal', on_rate, f'{on_manifold} success rate')
   figure.savefig(os.path.join(directory, FIGURE_NAMES[1]), dpi=110)
-  figure, axes = _axes(2)
+  figure, axes = images.figure_row(2)
   _against_n(axes[0], cells, variants, reg_rate, f'{regular} success rate')
   _against_error(axes[1], cells, 'normal', reg_rate, f'{regular} success rate')
   figure.savefig(os.path.join(directory, FIGURE_NAMES[2]), dpi=110)
-  figure, axes = _axes(2)
+  figure, axes = images.figure_row(2)
   for ax, metric, label in ((axes[0], 'test_error', 'test error'),
                             (axes[1], on_rate, f'{on_manifold} success rate')):
     _against_n(ax, cells, variants, metric, label)

@@ -131,13 +131,17 @@ def attack_models(variables, batch, key, *, module, attack, per_model=False):
   return stacked.over_models(lambda v: one(v, batch))(variables)
 
 
-def _attack_in_batches(attack, test, variables, module, key, batch_size):
-  """`attack` on every model and test image, batch by batch: (K, N, ...) arrays."""
+def attack_in_batches(attack, test, variables, module, key, batch_size, per_model=False):
+  """`attack` on every model and test image, batch by batch: (K, N, ...) arrays; with
+  `per_model`, model k attacks its own test images (the arrays of `test` are K, N, ...)."""
+  axis = 1 if per_model else 0
   batches = []
-  for start in range(0, len(test['label']), batch_size):
-    batch = jax.tree.map(lambda a: a[start:start + batch_size], test)
+  for start in range(0, test['label'].shape[axis], batch_size):
+    batch = jax.tree.map(lambda a: a[(slice(None),) * axis + (slice(start, start + batch_size),)],
+                         test)
     batches.append(jax.device_get(attack_models(variables, batch, jax.random.fold_in(key, start),
-                                                module=module, attack=attack)))
+                                                module=module, attack=attack,
+                                                per_model=per_model)))
   return jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *batches)
 
 
@@ -289,8 +293,8 @@ def run(config, workdir):
       result = _attack_by_class(config.attacks[label], test, variables, module, generator,
                                 attack_key, config.batch_size)
     else:
-      result = _attack_in_batches(built[label], test, variables, module, attack_key,
-                                  config.batch_size)
+      result = attack_in_batches(built[label], test, variables, module, attack_key,
+                                 config.batch_size)
     counted = counted_codes if learned else None
     per_model = [evaluate.summarize(stacked.select(result, k), y, clean_logits[k], counted)
                  for k in range(num_models)]

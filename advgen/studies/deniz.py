@@ -98,25 +98,17 @@ def _adversarial(config, workdir, label, index, module, variables, x, y):
   attacks/LABEL.npz and loaded from there when the study is resumed."""
   path = os.path.join(workdir, ATTACKS, f'{label}.npz')
   if os.path.exists(path):
-    with np.load(path) as f:
-      return f['x_adv']
+    return workdir_lib.read_arrays(path)['x_adv']
   start_time = time.time()
-  attack = attacks.build(config.attacks[label])
-  key = jax.random.fold_in(jax.random.key(config.seed), index)
-  size = config.attack_batch_size
-  parts = []
-  for start in range(0, x.shape[1], size):
-    batch = {'image': x[:, start:start + size], 'label': y[:, start:start + size]}
-    result = attack_study.attack_models(variables, batch, jax.random.fold_in(key, start),
-                                        module=module, attack=attack, per_model=True)
-    parts.append(np.asarray(result.x_adv))
-  x_adv = np.concatenate(parts, axis=1)
+  result = attack_study.attack_in_batches(
+      attacks.build(config.attacks[label]), {'image': x, 'label': y}, variables, module,
+      jax.random.fold_in(jax.random.key(config.seed), index), config.attack_batch_size,
+      per_model=True)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path + '.tmp.npz', x_adv=x_adv)
-  os.replace(path + '.tmp.npz', path)  # a kill leaves no half-written file
+  workdir_lib.write_arrays(path, x_adv=result.x_adv)
   logging.info('attack %s: %d runs x %d images in %.0f s', label, x.shape[0], x.shape[1],
                time.time() - start_time)
-  return x_adv
+  return result.x_adv
 
 
 def _at_best(at_epoch, best):
@@ -243,8 +235,9 @@ def run(config, workdir):
              'num_train': int(train_rows.shape[1]), 'num_test': int(test_rows.shape[1]),
              'attack_settings': {a: attacks.settings(s) for a, s in config.attacks.items()},
              'cnn': cnn_results, 'knn': knn_results}
-  np.savez(os.path.join(workdir, EXAMPLES), image=x_test[0, :NUM_EXAMPLES],
-           **{f'adversarial.{a}': v[0, :NUM_EXAMPLES] for a, v in adversarial.items()})
+  workdir_lib.write_arrays(os.path.join(workdir, EXAMPLES), image=x_test[0, :NUM_EXAMPLES],
+                           **{f'adversarial.{a}': v[0, :NUM_EXAMPLES]
+                              for a, v in adversarial.items()})
   workdir_lib.write_json(os.path.join(workdir, RESULTS), results)
   return write_report(config, workdir)
 
@@ -262,7 +255,7 @@ def write_report(config, workdir):
   text = report.markdown(results, config.get('title', "Deniz et al.'s overfitting study"))
   with open(os.path.join(workdir, report.REPORT), 'w') as f:
     f.write(text)
-  with np.load(os.path.join(workdir, EXAMPLES)) as f:
-    examples = {a: (f['image'], f[f'adversarial.{a}']) for a in results['cnn']['attacks']}
+  images = workdir_lib.read_arrays(os.path.join(workdir, EXAMPLES))
+  examples = {a: (images['image'], images[f'adversarial.{a}']) for a in results['cnn']['attacks']}
   report.figures(results, os.path.join(workdir, report.FIGURES), examples)
   return text

@@ -3,7 +3,6 @@ runs' workdirs (their config.json, checkpoints and result files)."""
 
 import os
 
-import numpy as np
 from absl import logging
 
 from advgen import data
@@ -21,6 +20,14 @@ KINDS = {
 }
 
 
+def _rebuild(kind, workdir):
+  """(config, dataset, trainer Setup) of the `kind` run recorded in `workdir`."""
+  _, build, script, keys = KINDS[kind]
+  config = workdir_lib.stored_config(workdir, kind, script, keys)
+  dataset = data.load(config.dataset)
+  return config, dataset, build(config, dataset)
+
+
 def load(kind, workdir, step=None):
   """(config, dataset, module, stacked variables) of the `kind` models trained in `workdir`,
   at checkpoint `step` (default: the latest).
@@ -28,10 +35,7 @@ def load(kind, workdir, step=None):
   Classifiers are config.num_models seeds; generators K = num_classes class models for
   class-specific ones, 1 for a class-agnostic one (with their moving average of params if kept).
   """
-  _, build, script, keys = KINDS[kind]
-  config = workdir_lib.stored_config(workdir, kind, script, keys)
-  dataset = data.load(config.dataset)
-  setup = build(config, dataset)
+  config, dataset, setup = _rebuild(kind, workdir)
   state = trainer.restore_state(workdir, setup, step)
   variables = generator.eval_variables(state) if kind == 'generator' else state.variables
   return config, dataset, setup.module, variables
@@ -45,9 +49,7 @@ def classifier_epochs(workdir):
   """(config, dataset, module, at_epoch) of the classifiers trained in `workdir`, where
   `at_epoch(e)` restores their stacked variables at the end of epoch e (1-based). Every epoch's
   checkpoint must be kept (config.keep_checkpoint_every_epochs=1)."""
-  config = workdir_lib.stored_config(workdir, 'classifier', *KINDS['classifier'][2:])
-  dataset = data.load(config.dataset)
-  setup = classifier.build(config, dataset)
+  config, dataset, setup = _rebuild('classifier', workdir)
   checkpoints = Checkpoints(workdir)
   try:
     kept = set(checkpoints.all_steps())
@@ -74,8 +76,7 @@ def load_latents(workdir):
   if not os.path.exists(path):
     raise UserError(f'{path} does not exist; finish training a generator with an encoder in '
                     f'{workdir} first')
-  with np.load(path) as f:
-    return dict(f)
+  return workdir_lib.read_arrays(path)
 
 
 def judges(workdir, dataset_name):

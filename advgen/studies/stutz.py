@@ -191,8 +191,8 @@ def write_report(config, workdir):
                     'the study (or its remaining shards) first')
   summaries = [workdir_lib.read_json(os.path.join(cell_dir(workdir, *c), CELL))
                for c in cells(config)]
-  examples = [report.load_examples(attack_study.paths(cell_dir(workdir, *c), ATTACK_NAME)
-                                   ['examples']) for c in cells(config)]
+  examples = [workdir_lib.read_arrays(attack_study.paths(cell_dir(workdir, *c), ATTACK_NAME)
+                                      ['examples']) for c in cells(config)]
   text = report.markdown(summaries, config.get('title', "Stutz et al.'s study"), examples)
   with open(os.path.join(workdir, report.REPORT), 'w') as f:
     f.write(text)

@@ -9,6 +9,7 @@ import os
 import tempfile
 
 import ml_collections
+import numpy as np
 
 from advgen.errors import UserError
 
@@ -81,6 +82,20 @@ def read_json(path):
       return json.load(f)
   except json.JSONDecodeError as e:
     raise UserError(f'{path} is not valid JSON ({e}); move it away to start afresh') from None
+
+
+def read_arrays(path):
+  """The arrays of an .npz file, read into memory."""
+  with np.load(path) as stored:
+    return dict(stored)
+
+
+def write_arrays(path, **arrays):
+  """Writes an .npz file atomically: a kill leaves no half-written file."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp.npz')
+  with os.fdopen(fd, 'wb') as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
 
 
 def write_json(path, value):
