@@ -1,9 +1,13 @@
 """Training throughput: images/second, and the speed-up of K models in one compiled program.
 
-  python benchmarks/train_throughput.py [--num_models=5] [--steps=50]
+  python benchmarks/train_throughput.py [--num_models=5] [--steps=50] [--batch_sizes=100,250,1000]
 
 Times the same compiled update step (Stutz's fonts conv net, batch 100) for K stacked models
-against one model run K times in sequence, in one process, and prints their ratio.
+against one model run K times in sequence, in one process, and prints their ratio. Then one
+model's images/s at each batch size, as ratios to the first: XLA:CPU's convolution gradients slow
+down at large batches (the attacks run them in chunks), but a training step cannot be chunked
+without changing its batch-norm statistics, so this shows what the fall costs at the batch sizes
+the configs use.
 """
 
 import time
@@ -17,6 +21,8 @@ from advgen.train import classifier, devices, trainer
 
 _NUM_MODELS = flags.DEFINE_integer('num_models', 5, 'K: models trained together.')
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps per measurement.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['100', '250', '1000'],
+                                  'Batch sizes of the one-model sweep.')
 _CONFIG = flags.DEFINE_string('config', 'configs/fonts.py', 'Classifier config to benchmark.')
 
 
@@ -49,6 +55,14 @@ def main(argv):
   print(f'{k} models together:   {together:10.0f} images/s (one program, `over_models`)')
   print(f'K-model speed-up: {together / single:.2f}x over training the {k} models one after '
         'another')
+  config.num_models = 1
+  first = None
+  for batch_size in map(int, _BATCH_SIZES.value):
+    config.batch_size = batch_size
+    rate = images_per_second(config, dataset, max(_STEPS.value * 100 // batch_size, 5))
+    first = first or rate
+    print(f'one model, batch {batch_size:5d}: {rate:10.0f} images/s '
+          f'({rate / first:.2f}x the first batch size)')
 
 
 if __name__ == '__main__':

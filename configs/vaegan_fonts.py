@@ -39,7 +39,7 @@ def get_config(widths=None):
   config.num_epochs = 30
   config.ema_decay = 0.998  # evaluate and use a moving average of the params; 0: the last ones
   # Distances to the true fonts manifold (fonts.project with its defaults (project={}), about
-  # 0.07 s per image and class on 2 CPU cores; samples are projected onto all 10 classes):
+  # 0.06 s per image and class on 2 CPU cores; samples are projected onto all 10 classes):
   # of num_distance generated samples, and of num_reference test images and noise images.
   # With classifier_workdir (a scripts/train_classifier.py workdir on fonts), the GAN-test
   # accuracy of num_classified samples: how many of them those classifiers call their class.

@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import optax
 import pytest
 
 from advgen import attacks, evaluate, manifold, models
+from advgen.data import fonts
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.models import stacked
@@ -76,9 +78,10 @@ def test_examples_hold_per_example_results_and_the_first_adversarial_images(atta
 
 
 def test_distances_to_the_manifold_are_those_of_the_adversarial_examples(attacked):
-  """On-true-manifold examples lie on the manifold of their true class; regular ones leave it;
-  the stored distances are the library's of the stored images, and the reported statistics are
-  those of the counted successes."""
+  """On-true-manifold examples lie on the manifold of their true class; regular ones leave it,
+  never farther than their clean image (a point of the manifold the projection is given); the
+  stored distances are the library's of the stored images, and the reported statistics are those
+  of the counted successes."""
   workdir, config, results = attacked
   with np.load(attack_study.paths(workdir, config.name)['examples']) as f:
     stored = dict(f)
@@ -96,6 +99,7 @@ def test_distances_to_the_manifold_are_those_of_the_adversarial_examples(attacke
   for name in config.attacks:
     per_model = results['attacks'][name]['per_model']
     perturbation = np.sqrt(((stored[f'{name}.x_adv'] - stored['image']) ** 2).sum((2, 3, 4)))
+    assert np.all(stored[f'{name}.true_distance'] <= perturbation * (1 + 1e-4) + 1e-5), name
     for k in range(2):
       for method in ('true', 'subspace'):
         expected = evaluate.manifold_distance_stats(
@@ -103,6 +107,30 @@ def test_distances_to_the_manifold_are_those_of_the_adversarial_examples(attacke
             stored[f'{name}.counted_success'][k, :m], f'manifold_{method}')
         for key, value in expected.items():
           assert per_model[key][k] == pytest.approx(value, nan_ok=True, rel=1e-5), (name, key)
+
+
+def test_each_row_is_measured_no_farther_than_its_own_clean_image(fonts_manifold):
+  """With a search too weak to find the manifold alone, the clean image each row was made from
+  (its font and theta, tiled over the models as the rows are) bounds its true distance; another
+  row's clean image would not."""
+  config = load_config(os.path.join(ROOT, 'configs', 'attack_fonts_tiny.py'))
+  config.distance.methods = ('true',)
+  config.distance.true = dict(num_candidates=1, num_random=0, num_restarts=1, num_steps=0,
+                              schedule=())
+  dataset = types.SimpleNamespace(name='fonts', manifold=fonts_manifold, x_train=np.zeros(1))
+  measure = attack_study.distance_methods(config, dataset, None)
+  x, y, latents = fonts.sample(fonts_manifold, jax.random.key(1), 6)
+  rng = np.random.default_rng(0)
+  x_adv = np.clip(x + rng.choice([-0.3, 0.3], (2,) + x.shape), 0, 1).astype(np.float32)
+  perturbation = np.sqrt(((x_adv - x) ** 2).sum((2, 3, 4)))
+  test = {'image': x, 'label': y, **latents}
+  _, arrays = attack_study._manifold_metrics(types.SimpleNamespace(x_adv=x_adv), test,
+                                              np.ones((2, 6), bool), 6, measure,
+                                              jax.random.key(0))
+  np.testing.assert_allclose(arrays['true_distance'], perturbation, rtol=1e-5)
+  alone = measure['true'](x_adv.reshape((12,) + x.shape[1:]), np.tile(y, 2), jax.random.key(0),
+                          {})
+  assert np.all(alone > perturbation.ravel())
 
 
 def test_image_space_attack_respects_its_radius(attacked):

@@ -250,7 +250,8 @@ def _distance_figure(distances, path, regular='pgd_linf'):
     axes[0].hist(distance, bins=bins, alpha=0.5, label=f'{label} ({distance.size})')
   axes[0].set_xlabel('L2 distance to the true manifold')
   axes[0].set_ylabel('adversarial examples')
-  axes[0].legend(fontsize=7)
+  if distances:
+    axes[0].legend(fontsize=7)
   distance, norm = distances.get(regular, (np.array([]), np.array([])))
   axes[1].scatter(norm, distance, s=10, label=f'{regular} ({distance.size})')
   if norm.size:

@@ -224,7 +224,10 @@ def learned_distance(generator, images, labels, key, **settings):
 
 
 def distance_methods(config, dataset, generator):
-  """{method: (images, labels, key) -> distances} for every configured method this run has."""
+  """{method: (images, labels, key, origin) -> distances} for every configured method this run
+  has. `origin` holds the true latents of the clean images the rows were made from ({}: none):
+  on fonts their (font, theta) is a point of the manifold the true projection is never farther
+  than, so a regular example is never measured farther from the manifold than its perturbation."""
   settings = config.distance
   available = {
       'true': dataset.name == 'fonts',
@@ -232,11 +235,12 @@ def distance_methods(config, dataset, generator):
       'subspace': settings.subspace.num_neighbours <= len(dataset.x_train),
   }
   make = {
-      'true': lambda images, labels, key: np.asarray(fonts.project(
-          dataset.manifold, images, labels, key, **settings.true)[2]),
-      'learned': lambda images, labels, key: learned_distance(generator, images, labels, key,
-                                                              **settings.learned),
-      'subspace': lambda images, labels, key: manifold.subspace_distance(
+      'true': lambda images, labels, key, origin: np.asarray(fonts.project(
+          dataset.manifold, images, labels, key, **settings.true,
+          candidate=(origin['font'], origin['theta']) if 'theta' in origin else None)[2]),
+      'learned': lambda images, labels, key, origin: learned_distance(
+          generator, images, labels, key, **settings.learned),
+      'subspace': lambda images, labels, key, origin: manifold.subspace_distance(
           images, dataset.x_train, **settings.subspace),
   }
   return {m: make[m] for m in DISTANCE_METHODS if m in settings.methods and available[m]}
@@ -278,7 +282,7 @@ def run(config, workdir):
              'clean_distance': {}, 'attacks': {}, 'config': config.to_dict()}
   arrays = {'image': x[:config.num_examples], 'label': y, 'clean_correct': clean_correct}
   for index, method in enumerate(measure):  # the clean images' own distances, for reference
-    d = measure[method](x[:m], y[:m], jax.random.fold_in(key, _DISTANCE_KEY - 1 - index))
+    d = measure[method](x[:m], y[:m], jax.random.fold_in(key, _DISTANCE_KEY - 1 - index), {})
     arrays[f'clean.{method}_distance'] = d
     results['clean_distance'][method] = {'mean': float(np.mean(d)) if m else float('nan'),
                                          'median': float(np.median(d)) if m else float('nan')}
@@ -301,7 +305,7 @@ def run(config, workdir):
     masks = np.stack([evaluate.counted_successes(stacked.select(result, k), y, clean_logits[k],
                                                  counted) for k in range(num_models)])
     distance_key = jax.random.fold_in(key, _DISTANCE_KEY + index)
-    extra, extra_arrays = _manifold_metrics(result, x, y, masks, m, measure, distance_key)
+    extra, extra_arrays = _manifold_metrics(result, test, masks, m, measure, distance_key)
     if learned and dataset.name == 'fonts' and m:
       validity, extra_arrays['validity_distances'] = _validity(
           config, dataset, result.x_adv[:, :m], y[:m], masks[:, :m], distance_key)
@@ -321,9 +325,10 @@ def run(config, workdir):
   return results
 
 
-def _manifold_metrics(result, x, y, masks, m, measure, key):
+def _manifold_metrics(result, test, masks, m, measure, key):
   """Per model: distance-to-manifold statistics of the first `m` examples (counted successes),
   and the per-example distances (K, m) by method."""
+  x, y = test['image'], test['label']
   num_models = masks.shape[0]
   extra, arrays = [{} for _ in range(num_models)], {}
   if not m:
@@ -332,8 +337,11 @@ def _manifold_metrics(result, x, y, masks, m, measure, key):
   delta = (x_adv - np.asarray(x[None, :m])).reshape(num_models, m, -1)
   perturbation = np.sqrt(np.sum(np.square(delta, dtype=np.float64), axis=-1))  # (K, m)
   labels = np.tile(np.asarray(y[:m]), num_models)
+  origin = {name: np.concatenate([np.asarray(test[name][:m])] * num_models)
+            for name in ('font', 'theta') if name in test}
   for method, fn in measure.items():
-    d = np.asarray(fn(x_adv.reshape((-1,) + x_adv.shape[2:]), labels, key)).reshape(num_models, m)
+    d = np.asarray(fn(x_adv.reshape((-1,) + x_adv.shape[2:]), labels, key, origin)).reshape(
+        num_models, m)
     arrays[f'{method}_distance'] = d
     for k in range(num_models):
       extra[k].update(evaluate.manifold_distance_stats(d[k], perturbation[k], masks[k, :m],
