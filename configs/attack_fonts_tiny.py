@@ -19,6 +19,6 @@ def get_config():
   config.attacks.cw_l2 = dict(attack='cw_l2', num_steps=10, binary_search_steps=2, lr=0.05)
   config.attacks.deepfool = dict(attack='deepfool', max_iter=10)
   config.distance.num_images = 10
-  config.distance.true = dict(num_candidates=8, num_restarts=1, num_steps=10)
+  config.distance.true = dict(num_candidates=8, num_random=8, num_restarts=1, num_steps=10)
   config.distance.learned = dict(num_restarts=1, num_steps=20, learning_rate=0.05)
   return config

@@ -25,7 +25,7 @@ def get_config():
   config.eval.grid_columns = 4
   config.eval.num_distance = 40  # 4 per class model, as many as the sample grid: one compilation
   config.eval.num_reference = 10
-  config.eval.project = dict(num_candidates=8, num_restarts=1, num_steps=10)
+  config.eval.project = dict(num_candidates=8, num_random=8, num_restarts=1, num_steps=10)
   config.log_every = 2
   config.checkpoint_every_epochs = 1
   return config

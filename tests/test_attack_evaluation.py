@@ -74,7 +74,7 @@ def renders(fonts_manifold):
 
 def test_true_renders_are_valid_and_on_their_own_class_manifold(fonts_manifold, renders):
   images, labels, _ = renders
-  settings = dict(num_candidates=8, num_restarts=1, num_steps=10)
+  settings = dict(num_candidates=8, num_random=8, num_restarts=1, num_steps=10)
   d = evaluate.class_manifold_distances(fonts_manifold, images, jax.random.key(0), 10,
                                         **settings)
   assert d.shape == (10, 10)
