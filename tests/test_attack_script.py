@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from advgen import attacks, evaluate, manifold, models
-from advgen.data import fonts
 from advgen.cli import load_config
+from advgen.data import fonts
 from advgen.errors import UserError
 from advgen.models import stacked
 from advgen.studies import attack as attack_study, runs
