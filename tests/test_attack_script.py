@@ -14,7 +14,7 @@ from advgen.cli import load_config
 from advgen.data import fonts
 from advgen.errors import UserError
 from advgen.models import stacked
-from advgen.studies import attack as attack_study, runs
+from advgen.studies import attack as attack_study, distances, runs
 from conftest import ROOT, built_once
 
 
@@ -118,13 +118,13 @@ def test_each_row_is_measured_no_farther_than_its_own_clean_image(fonts_manifold
   config.distance.true = dict(num_candidates=1, num_random=0, num_restarts=1, num_steps=0,
                               schedule=())
   dataset = types.SimpleNamespace(name='fonts', manifold=fonts_manifold, x_train=np.zeros(1))
-  measure = attack_study.distance_methods(config, dataset, None)
+  measure = distances.methods(config, dataset, None)
   x, y, latents = fonts.sample(fonts_manifold, jax.random.key(1), 6)
   rng = np.random.default_rng(0)
   x_adv = np.clip(x + rng.choice([-0.3, 0.3], (2,) + x.shape), 0, 1).astype(np.float32)
   perturbation = np.sqrt(((x_adv - x) ** 2).sum((2, 3, 4)))
   test = {'image': x, 'label': y, **latents}
-  _, arrays = attack_study._manifold_metrics(types.SimpleNamespace(x_adv=x_adv), test,
+  _, arrays = distances.manifold_metrics(types.SimpleNamespace(x_adv=x_adv), test,
                                               np.ones((2, 6), bool), 6, measure,
                                               jax.random.key(0))
   np.testing.assert_allclose(arrays['true_distance'], perturbation, rtol=1e-5)

@@ -12,13 +12,8 @@ inputs staying in the denominator (`num_counted` says how many may count).
 Each run is named (`config.name`) and writes `DIR/attacks/NAME/`: `results.json` (per attack:
 the settings used, success rates, distances, distances to the manifold, transfer; on fonts the
 validity of learned on-manifold examples), `examples.npz` (per-example success, distances and the
-adversarial images of the first `num_examples` test images) and `examples.png`.
-
-Distance to the manifold (Stutz et al. Sec. 3.2) of the first `config.distance.num_images`
-examples, by every method of `config.distance.methods` the run has: 'true' (fonts: the true
-projection with the true class), 'learned' (inversion of the true class's generator) and
-'subspace' (50-nearest-neighbour subspace of the training images); statistics over the counted
-successes on correctly classified inputs, with the ratio to ||x_adv - x||_2.
+adversarial images of the first `num_examples` test images) and `examples.png`. Distances to the
+manifold: `studies.distances`.
 """
 
 import functools
@@ -26,22 +21,19 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from advgen import attacks, evaluate, manifold, results as results_lib
 from advgen.attacks import norms
-from advgen.data import fonts
 from advgen.errors import UserError
 from advgen.models import class_models, stacked
 from advgen.report import images as image_report
-from advgen.studies import runs
+from advgen.studies import distances, runs
 from advgen.train import trainer, workdir as workdir_lib
 
 ATTACKS_DIR = 'attacks'
 RESULTS, EXAMPLES, FIGURE = 'results.json', 'examples.npz', 'examples.png'
 CODE_BOUND = 2.0  # on-learned-manifold successes count where ||z_test||_inf <= 2 (Stutz's code)
-DISTANCE_METHODS = ('true', 'learned', 'subspace')
 _DISTANCE_KEY = 1 << 30  # fold_in offsets of the distance keys, apart from the attacks' batches
 
 
@@ -83,10 +75,10 @@ def validate(config):
   distance = config.distance
   _positive_int(distance.num_images, 'distance.num_images', 0)
   for method in distance.methods:
-    if method not in DISTANCE_METHODS:
+    if method not in distances.METHODS:
       raise UserError(f'unknown config.distance.methods entry {method!r}; choose from '
-                      f'{", ".join(DISTANCE_METHODS)}')
-  for method in DISTANCE_METHODS:
+                      f'{", ".join(distances.METHODS)}')
+  for method in distances.METHODS:
     for key, value in distance[method].items():
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise UserError(f'config.distance.{method}.{key} must be a positive number, got '
@@ -187,65 +179,6 @@ def _scatter(rows, outs):
   return out
 
 
-@functools.partial(jax.jit, static_argnames=('module', 'latent_dim', 'num_restarts',
-                                             'num_steps'))
-def _invert_rows(variables, x, key, *, module, latent_dim, num_restarts, num_steps,
-                 learning_rate):
-  """Residuals (K, m) of inverting row k of x (K, m, ...) through generator k alone."""
-
-  def one(v, rows):
-    z_init = module.apply(v, rows, method='encode')[0] if module.has_encoder else None
-    decode = lambda z: module.apply(v, z, method='decode')
-    return manifold.invert(decode, rows, key, z_init=z_init, latent_dim=latent_dim,
-                           num_restarts=num_restarts, num_steps=num_steps,
-                           learning_rate=learning_rate)[2]
-
-  return jax.vmap(one)(variables, x)
-
-
-def learned_distance(generator, images, labels, key, **settings):
-  """Distance of each image to the image of its class's generator (`manifold.invert`, from the
-  encoder mean and truncated-prior restarts), each class inverted by its own generator only."""
-  images, labels = np.asarray(images), np.asarray(labels)
-  num_models = stacked.count(generator['variables'])
-  rows = ([np.arange(len(images))] if num_models == 1 else
-          [np.flatnonzero(labels == k) for k in range(num_models)])
-  width = max(len(r) for r in rows)
-  if not width:
-    return np.zeros(0, np.float32)
-  index = np.stack([np.concatenate([r, np.zeros(width - len(r), int)]) for r in rows])
-  residual = np.asarray(_invert_rows(generator['variables'], jnp.asarray(images[index]), key,
-                                     module=generator['module'],
-                                     latent_dim=generator['module'].latent_dim, **settings))
-  out = np.zeros(len(images), np.float32)
-  for k, r in enumerate(rows):
-    out[r] = residual[k, :len(r)]
-  return out
-
-
-def distance_methods(config, dataset, generator):
-  """{method: (images, labels, key, origin) -> distances} for every configured method this run
-  has. `origin` holds the true latents of the clean images the rows were made from ({}: none):
-  on fonts their (font, theta) is a point of the manifold the true projection is never farther
-  than, so a regular example is never measured farther from the manifold than its perturbation."""
-  settings = config.distance
-  available = {
-      'true': dataset.name == 'fonts',
-      'learned': generator is not None,
-      'subspace': settings.subspace.num_neighbours <= len(dataset.x_train),
-  }
-  make = {
-      'true': lambda images, labels, key, origin: np.asarray(fonts.project(
-          dataset.manifold, images, labels, key, **settings.true,
-          candidate=(origin['font'], origin['theta']) if 'theta' in origin else None)[2]),
-      'learned': lambda images, labels, key, origin: learned_distance(
-          generator, images, labels, key, **settings.learned),
-      'subspace': lambda images, labels, key, origin: manifold.subspace_distance(
-          images, dataset.x_train, **settings.subspace),
-  }
-  return {m: make[m] for m in DISTANCE_METHODS if m in settings.methods and available[m]}
-
-
 def run(config, workdir):
   """Runs config.attacks on the first config.num_images test images; returns the results dict."""
   validate(config)
@@ -274,7 +207,7 @@ def run(config, workdir):
   clean_logits = stacked.stacked_logits(module, variables, x, config.batch_size)
   clean_correct = np.stack([evaluate.correct(clean_logits[k], y) for k in range(num_models)])
   key = jax.random.key(config.seed)
-  measure = distance_methods(config, dataset, generator)
+  measure = distances.methods(config, dataset, generator)
   m = min(config.distance.num_images, num)
   results = {'name': config.name, 'num_images': num, 'num_models': num_models,
              'generator_workdir': config.generator_workdir, 'code_bound': CODE_BOUND,
@@ -305,9 +238,9 @@ def run(config, workdir):
     masks = np.stack([evaluate.counted_successes(stacked.select(result, k), y, clean_logits[k],
                                                  counted) for k in range(num_models)])
     distance_key = jax.random.fold_in(key, _DISTANCE_KEY + index)
-    extra, extra_arrays = _manifold_metrics(result, test, masks, m, measure, distance_key)
+    extra, extra_arrays = distances.manifold_metrics(result, test, masks, m, measure, distance_key)
     if learned and dataset.name == 'fonts' and m:
-      validity, extra_arrays['validity_distances'] = _validity(
+      validity, extra_arrays['validity_distances'] = distances.validity(
           config, dataset, result.x_adv[:, :m], y[:m], masks[:, :m], distance_key)
       extra = [{**e, **v} for e, v in zip(extra, validity)]
     metrics = {name: [{**p, **e}[name] for p, e in zip(per_model, extra)]
@@ -320,43 +253,9 @@ def run(config, workdir):
     examples[label] = np.asarray(result.x_adv[0])
   os.makedirs(out['dir'], exist_ok=True)
   workdir_lib.write_results(out['results'], results)
-  np.savez_compressed(out['examples'], **arrays)
+  workdir_lib.write_arrays(out['examples'], **arrays)
   _figure(x, examples, out['figure'])
   return results
-
-
-def _manifold_metrics(result, test, masks, m, measure, key):
-  """Per model: distance-to-manifold statistics of the first `m` examples (counted successes),
-  and the per-example distances (K, m) by method."""
-  x, y = test['image'], test['label']
-  num_models = masks.shape[0]
-  extra, arrays = [{} for _ in range(num_models)], {}
-  if not m:
-    return extra, arrays
-  x_adv = np.asarray(result.x_adv[:, :m])
-  delta = (x_adv - np.asarray(x[None, :m])).reshape(num_models, m, -1)
-  perturbation = np.sqrt(np.sum(np.square(delta, dtype=np.float64), axis=-1))  # (K, m)
-  labels = np.tile(np.asarray(y[:m]), num_models)
-  origin = {name: np.concatenate([np.asarray(test[name][:m])] * num_models)
-            for name in ('font', 'theta') if name in test}
-  for method, fn in measure.items():
-    d = np.asarray(fn(x_adv.reshape((-1,) + x_adv.shape[2:]), labels, key, origin)).reshape(
-        num_models, m)
-    arrays[f'{method}_distance'] = d
-    for k in range(num_models):
-      extra[k].update(evaluate.manifold_distance_stats(d[k], perturbation[k], masks[k, :m],
-                                                       f'manifold_{method}'))
-  return extra, arrays
-
-
-def _validity(config, dataset, x_adv, y, masks, key):
-  """Per model: the validity of learned on-manifold examples (`evaluate.validity`), measured with
-  the true fonts projection onto every class; and the (K, m, C) distances."""
-  num_models, m = masks.shape
-  flat = np.asarray(x_adv).reshape((-1,) + x_adv.shape[2:])
-  d = evaluate.class_manifold_distances(dataset.manifold, flat, key, dataset.num_classes,
-                                        **config.distance.true).reshape(num_models, m, -1)
-  return [evaluate.validity(d[k], y, masks[k]) for k in range(num_models)], d
 
 
 def _learned_summary(config, dataset, generator, x, y, key, counted_codes):
