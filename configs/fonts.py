@@ -30,9 +30,10 @@ def get_config(num_train=None, variant='normal'):
   # replayed `replays` times with a carried perturbation (Shafahi et al.); on_learned_manifold:
   # dec_y(z + zeta) through the class-specific generators of `generator_workdir`, adversarial
   # halves from a separate permutation (of the codes with |z|_inf <= 2 if `safe`);
-  # augmentation: affine parameters up to `radius` around the identity.
+  # augmentation: affine parameters up to `radius` around the identity; gaussian_augmentation:
+  # noise N(0, sigma^2 I) on every image (Cohen et al.'s base classifiers of randomized smoothing).
   config.variant = ml_collections.ConfigDict(dict(
-      name=variant, epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1,
+      name=variant, epsilon=0.3, num_steps=40, step_size=0.005, radius=0.1, sigma=0.25,
       mix=('adversarial', 'on_true_manifold'), fractions=(0.5, 0.5), beta=6.0,
       trades_step_size=0.03, replays=4, generator_workdir='', safe=False))
   config.batch_size = 100

@@ -10,7 +10,7 @@ from advgen.train import classifier
 from advgen.cli import load_config
 from conftest import ROOT
 
-CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'fonts_augmentation', 'fonts_fast',
+CLASSIFIER_CONFIGS = ['fonts', 'fonts_tiny', 'fonts_adversarial', 'fonts_augmentation', 'fonts_gaussian', 'fonts_fast',
                       'fonts_adversarial_transformation', 'fonts_on_true_manifold', 'fonts_combined',
                       'fonts_trades', 'fonts_free', 'fonts_on_learned_manifold', 'tfds_classifier', 'mnist', 'fashion_mnist', 'emnist', 'svhn',
                       'cifar10', 'celeba', 'spheres', 'circle']

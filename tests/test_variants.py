@@ -121,6 +121,19 @@ def test_augmentation_transforms_images_and_keeps_labels():
   np.testing.assert_array_equal(batch['label'], y)
 
 
+@pytest.mark.parametrize('sigma', [0.12, 0.5])
+def test_gaussian_augmentation_adds_unclipped_noise_of_the_configured_sigma(sigma):
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  batch = {'image': x, 'label': jnp.arange(6) % 10}
+  out = variant('gaussian_augmentation', sigma=sigma).transform(None, batch, jax.random.key(2))
+  noise = np.asarray(out['image'] - x)
+  assert np.std(noise) == pytest.approx(sigma, rel=0.03) and abs(np.mean(noise)) < 0.1 * sigma
+  assert np.asarray(out['image']).min() < 0 and np.asarray(out['image']).max() > 1  # unclipped
+  np.testing.assert_array_equal(out['label'], batch['label'])
+  again = variant('gaussian_augmentation', sigma=sigma).transform(None, batch, jax.random.key(3))
+  assert not np.allclose(again['image'], out['image'])  # fresh noise per step's key
+
+
 def test_every_variant_builds_from_the_base_config_by_name():
   """Every variant's settings live in configs/fonts.py: choosing one needs only its name."""
   for name in variants.VARIANTS:

@@ -49,6 +49,18 @@ def augmentation(radius, ranges):
   return transform
 
 
+def gaussian_augmentation(sigma):
+  """Each image plus Gaussian noise N(0, sigma^2 I), unclipped: the base classifier of randomized
+  smoothing learns the noisy images the smoothed classifier shows it (Cohen et al.)."""
+
+  def transform(logits_fn, batch, key):
+    del logits_fn
+    images = batch['image']
+    return {**batch, 'image': images + sigma * jax.random.normal(key, images.shape, images.dtype)}
+
+  return transform
+
+
 def _adversarial_copy(spec, manifolds=None):
   """`(logits_fn, batch, key) -> batch` of adversarial copies by the attack of config entry
   `spec`: other per-example fields are kept, except that an on-manifold attack's latent field
@@ -236,6 +248,7 @@ def _difficulty(config):
 VARIANTS = {
     'normal': lambda config: normal,
     'augmentation': _augmentation,
+    'gaussian_augmentation': lambda config: gaussian_augmentation(config.variant.sigma),
     'adversarial': _adversarial,
     'fast': _fast,
     'adversarial_transformation': _adversarial_transformation,
@@ -247,7 +260,8 @@ VARIANTS = {
 }
 _PGD = ('epsilon', 'num_steps', 'step_size')
 # The config.variant fields each variant reads.
-_USES = {'normal': (), 'augmentation': ('radius',), 'adversarial': _PGD, 'fast': ('epsilon',),
+_USES = {'normal': (), 'augmentation': ('radius',), 'gaussian_augmentation': ('sigma',),
+         'adversarial': _PGD, 'fast': ('epsilon',),
          'adversarial_transformation': _PGD, 'on_true_manifold': _PGD, 'combined': _PGD,
          'trades': ('epsilon', 'num_steps', 'trades_step_size', 'beta'),
          'free': ('epsilon', 'replays'), 'on_learned_manifold': _PGD}
