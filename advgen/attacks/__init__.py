@@ -9,6 +9,7 @@ Threat models (`threat.py`) define the feasible set and what the classifier sees
 serves regular, on-manifold and transformation attacks. `get(name)` selects an attack by name.
 """
 
+from advgen.attacks.apgd import apgd
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fgsm import fgsm
@@ -23,7 +24,7 @@ from advgen.attacks.threat import STARTS, L1Ball, L2Ball, LatentBall, LinfBall, 
 
 __all__ = [
     'ATTACKS', 'AttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball', 'LatentBall',
-    'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'build', 'carlini_wagner_l2', 'deepfool',
-    'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd', 'settings', 'sweep',
-    'true_manifold', 'validate'
+    'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'apgd', 'build', 'carlini_wagner_l2',
+    'deepfool', 'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd',
+    'settings', 'sweep', 'true_manifold', 'validate'
 ]

@@ -6,7 +6,8 @@ import optax
 
 from advgen.errors import UserError
 
-LOSSES = ('ce', 'margin')
+LOSSES = ('ce', 'margin', 'dlr', 'dlr_targeted')
+_DLR_EPS = 1e-12  # keeps the ratio finite when the top logits tie (Croce & Hein's value)
 
 
 def margin(logits, y):
@@ -16,13 +17,50 @@ def margin(logits, y):
   return jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0] - other
 
 
-def objective(logits, y, *, loss, targeted, kappa):
+def _sorted_logits(logits, classes, name):
+  """The logits sorted descending; a UserError at trace time if the model has too few classes."""
+  if logits.shape[-1] < classes:
+    raise UserError(f'the {name} loss needs at least {classes} classes, the model has '
+                    f'{logits.shape[-1]}')
+  return -jnp.sort(-logits, axis=-1)
+
+
+def dlr(logits, y):
+  """Difference of logits ratio (Croce & Hein 2020): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3),
+  z sorted descending. Invariant to shifting and scaling the logits, so it does not vanish on
+  saturated softmax outputs the way cross-entropy does. Needs >= 3 classes."""
+  z = _sorted_logits(logits, 3, 'dlr')
+  return -margin(logits, y) / (z[:, 0] - z[:, 2] + _DLR_EPS)
+
+
+def dlr_targeted(logits, y, target):
+  """Targeted DLR (Croce & Hein 2020): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2); it rises as
+  the target's logit overtakes the label's. Needs >= 4 classes."""
+  z = _sorted_logits(logits, 4, 'dlr_targeted')
+  pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=-1)[:, 0]
+  return -(pick(y) - pick(target)) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + _DLR_EPS)
+
+
+def objective(logits, y, target=None, *, loss, targeted, kappa):
   """Per-example value an attack maximizes; `y` holds targets when `targeted`.
 
   'ce': cross-entropy of y (untargeted) or minus the cross-entropy of the target.
   'margin': the Carlini-Wagner margin clamped at `kappa`, min(-margin(y), kappa) untargeted and
   min(margin(target), kappa) targeted; it stops rewarding once the margin exceeds kappa.
+  'dlr': the untargeted DLR loss of the labels y.
+  'dlr_targeted': the targeted DLR loss, which needs both the labels y and the classes `target`;
+  success still means leaving y (as in AutoAttack's APGD-T), so it is not `targeted`.
   """
+  if loss in ('dlr', 'dlr_targeted') and targeted:
+    raise UserError(f'the {loss} loss takes the labels as y (targeted=False); dlr_targeted '
+                    'takes the target classes separately')
+  if loss == 'dlr':
+    return dlr(logits, y)
+  if loss == 'dlr_targeted':
+    if target is None:
+      raise UserError('the dlr_targeted loss needs target classes (apgd with loss=dlr_targeted '
+                      'picks them)')
+    return dlr_targeted(logits, y, target)
   if loss == 'ce':
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return -ce if targeted else ce

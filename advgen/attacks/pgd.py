@@ -60,26 +60,28 @@ def chunked(fn, chunk_size, *arrays):
   return jax.tree.map(lambda o: o.reshape((count * size,) + o.shape[2:])[:n], out)
 
 
-def _evaluator(logits_fn, threat, y, *, loss, targeted, kappa, chunk_size, gradient=True):
+def _evaluator(logits_fn, threat, y, *, loss, targeted, kappa, chunk_size, gradient=True,
+               target=None):
   """`v (R, B, ...) -> (objective (R, B), logits (R, B, K), gradient of -objective wrt v)`.
 
   The R restarts are flattened into one batch for the classifier, evaluated in chunks, and the
   image gradient is pulled back through `threat.to_input`. Convolutions are canonicalized so
   they stay fast inside the attack's loop on CPU. Without `gradient` the third output is None.
+  `target` (B,) is the second class of losses that need one besides `y` (dlr_targeted).
   """
   chunk_size = resolve_chunk_size(chunk_size)
 
-  def objective(images, labels):
+  def objective(images, *labels):
     logits = logits_fn(images)
-    value = losses.objective(logits, labels, loss=loss, targeted=targeted, kappa=kappa)
+    value = losses.objective(logits, *labels, loss=loss, targeted=targeted, kappa=kappa)
     return -jnp.sum(value), (value, logits)
 
-  def with_gradient(images, labels):
-    (_, (value, logits)), grad = jax.value_and_grad(objective, has_aux=True)(images, labels)
+  def with_gradient(images, *labels):
+    (_, (value, logits)), grad = jax.value_and_grad(objective, has_aux=True)(images, *labels)
     return value, logits, grad
 
-  def forward(images, labels):
-    return objective(images, labels)[1]
+  def forward(images, *labels):
+    return objective(images, *labels)[1]
 
   per_chunk = canonical.canonical_convolutions(with_gradient)
 
@@ -87,12 +89,12 @@ def _evaluator(logits_fn, threat, y, *, loss, targeted, kappa, chunk_size, gradi
     images, pullback = jax.vjp(jax.vmap(threat.to_input), v)
     restarts, batch = images.shape[:2]
     flat = images.reshape((restarts * batch,) + images.shape[2:])
-    labels = jnp.tile(y, restarts)
+    labels = [jnp.tile(c, restarts) for c in ((y,) if target is None else (y, target))]
     unflat = lambda a: a.reshape((restarts, batch) + a.shape[1:])
     if not gradient:
-      value, logits = chunked(forward, chunk_size, flat, labels)
+      value, logits = chunked(forward, chunk_size, flat, *labels)
       return unflat(value), unflat(logits), None
-    value, logits, grad = chunked(per_chunk, chunk_size, flat, labels)
+    value, logits, grad = chunked(per_chunk, chunk_size, flat, *labels)
     (grad_v,) = pullback(unflat(grad))
     return unflat(value), unflat(logits), grad_v
 
@@ -204,7 +206,8 @@ def pgd(logits_fn, threat, y, key, *, num_steps, step_size=None, step_rule=None,
     early_stop: keep each example's first successful iterate. Otherwise keep the iterate of
       highest loss, never worse than the start, and run every step.
     targeted: move towards the classes `y` instead of away from them.
-    loss: 'ce' or 'margin' (Carlini-Wagner, clamped at `kappa`).
+    loss: 'ce', 'margin' (Carlini-Wagner, clamped at `kappa`) or 'dlr' (Croce & Hein,
+      untargeted only).
     early_exit: with early_stop, leave the step loop once every example of every restart has
       succeeded (the same result, fewer steps); False runs every step.
     chunk_size: images per classifier call: the R x B images of a step run in chunks of about

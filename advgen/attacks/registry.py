@@ -6,7 +6,8 @@ perturb (fonts' `font` and `theta`, a generator's `code`). Training variants, th
 pipeline and studies all build attacks this way. Settings are the attack function's keyword
 arguments plus the radius `epsilon` where there is one; `step_rule: 'adam'` with `step_size`
 is Stutz et al.'s Adam on the perturbation; `start: 'uniform' | 'gaussian_linf'` picks the random
-start of L-inf attacks (`threat.STARTS`; 'gaussian_linf' is Stutz et al.'s). `validate(spec)`
+start of L-inf attacks (`threat.STARTS`; 'gaussian_linf' is Stutz et al.'s); `norm: 'linf' |
+'l2' | 'l1'` picks the ball of the APGD entries (`apgd_ce`, `apgd_dlr`, `apgd_t`). `validate(spec)`
 checks an entry without running it; `settings(spec)` is the entry with the defaults a result
 should record (the start used).
 """
@@ -14,6 +15,7 @@ should record (the start used).
 import dataclasses
 import difflib
 import inspect
+import math
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ import optax
 from advgen import transforms
 from advgen.models import class_models
 from advgen.attacks import threat as threats
+from advgen.attacks.apgd import apgd
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fgsm import fgsm
@@ -63,6 +66,9 @@ def learned_manifold(module, variables, box):
   return LatentSpace(decode, 'code', jnp.asarray(box, jnp.float32))  # may be traced (training)
 
 
+NORMS = ('linf', 'l2', 'l1')
+
+
 def _ball(kind):
   return {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}[kind]
 
@@ -74,6 +80,8 @@ class _Entry:
   manifold: str = None  # the entry of `manifolds` the attack needs
   extra: tuple = ()  # settings the entry consumes itself
   needs_key: bool = False  # a minimal attack that draws random numbers (HopSkipJump)
+  fixed: tuple = ()  # (setting, value) pairs of the engine the entry sets itself
+  omit: tuple = ()  # settings of the engine the entry does not offer
 
 
 def _image(kind):
@@ -84,6 +92,11 @@ def _image(kind):
     return _ball(kind)(batch['image'], epsilon)
 
   return make
+
+
+def _normed_image(batch, epsilon, settings, manifolds):
+  """The image ball of the `norm` setting ('linf' unless set)."""
+  return _ball(settings.pop('norm', 'linf'))(batch['image'], epsilon)
 
 
 def _transform(batch, epsilon, settings, manifolds):
@@ -114,6 +127,11 @@ ATTACKS = {
     'deepfool': _Entry(deepfool),
     'cw_l2': _Entry(carlini_wagner_l2),
     'hopskipjump': _Entry(hopskipjump, needs_key=True),
+    'apgd_ce': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'ce'),),
+                      omit=('num_targets',)),
+    'apgd_dlr': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr'),),
+                       omit=('num_targets',)),
+    'apgd_t': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr_targeted'),)),
 }
 
 # Settings of the engines that the pipeline supplies itself.
@@ -121,7 +139,8 @@ _SUPPLIED = {'logits_fn', 'threat', 'y', 'key', 'x'}
 
 
 def _allowed(entry):
-  names = [p for p in inspect.signature(entry.engine).parameters if p not in _SUPPLIED]
+  hidden = _SUPPLIED | {name for name, _ in entry.fixed} | set(entry.omit)
+  names = [p for p in inspect.signature(entry.engine).parameters if p not in hidden]
   if entry.threat is not None:
     names.append('epsilon')
   return names + list(entry.extra)
@@ -147,14 +166,23 @@ def validate(spec, where='attack'):
   entry = ATTACKS[name]
   if entry.threat is not None and 'epsilon' not in settings:
     raise UserError(f'{where} {name!r} needs a radius: set its epsilon')
+  for key, value in settings.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f'{where} {name!r}: {key} must be finite, got {value!r}')
   for key in ('epsilon', 'step_size', 'lr', 'c_init', 'overshoot'):
     if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
       raise UserError(f'{where} {name!r}: {key} must be a positive number, got {settings[key]!r}')
   for key in ('num_steps', 'restarts', 'max_iter', 'binary_search_steps', 'num_iterations',
-              'max_num_evals', 'init_num_evals'):
+              'max_num_evals', 'init_num_evals', 'num_targets'):
     if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
       raise UserError(f'{where} {name!r}: {key} must be a positive integer, got '
                       f'{settings[key]!r}')
+  if 'rho' in settings and not (isinstance(settings['rho'], (int, float))
+                                and 0 <= settings['rho'] <= 1):
+    raise UserError(f'{where} {name!r}: rho must be a number in [0, 1], got {settings["rho"]!r}')
+  if 'norm' in settings and settings['norm'] not in NORMS:
+    raise UserError(f'{where} {name!r}: unknown norm {settings["norm"]!r}'
+                    f'{_closest(str(settings["norm"]), NORMS)}; choose one of {", ".join(NORMS)}')
   if settings.get('step_rule') == 'adam' and 'step_size' not in settings:
     raise UserError(f'{where} {name!r}: step_rule adam needs a step_size (its learning rate)')
   if 'start' in settings and settings['start'] not in threats.STARTS:
@@ -170,10 +198,13 @@ def validate(spec, where='attack'):
 
 def settings(spec):
   """The config entry as a plain dict with the defaults a result should record: the random
-  start of L-inf attacks ('uniform' unless set)."""
+  start of L-inf attacks ('uniform' unless set) and the norm of APGD ('linf' unless set)."""
   out = dict(spec)
-  if 'start' in ATTACKS[validate(spec)].extra:
+  extra = ATTACKS[validate(spec)].extra
+  if 'start' in extra:
     out.setdefault('start', 'uniform')
+  if 'norm' in extra:
+    out.setdefault('norm', 'linf')
   return out
 
 
@@ -191,6 +222,7 @@ def build(spec, manifolds=None):
   entry = ATTACKS[name]
   settings = dict(spec)
   del settings['attack']
+  settings.update(entry.fixed)
   manifolds = manifolds or {}
   if entry.manifold is not None and entry.manifold not in manifolds:
     needed = {'true': 'a dataset with a known generator (fonts)',
