@@ -16,7 +16,8 @@ from advgen.errors import UserError
 SCRIPT_FIELDS = {
     'scripts/train_classifier.py': ('num_models', 'variant', 'optimizer'),
     'scripts/train_generator.py': ('loss', 'class_specific', 'optimizer'),
-    'scripts/attack.py': ('attacks', 'num_images'),
+    'scripts/attack.py': ('attacks', 'num_images', 'distance'),
+    'scripts/certify.py': ('sigmas', 'n0'),
     'scripts/study.py': ('study',),
 }
 

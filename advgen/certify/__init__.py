@@ -11,7 +11,8 @@ a base classifier's `logits_fn` and arrays, beside `attacks` and `bounds` (no wo
 confirmation of what they find. The certification run on a workdir is `advgen.studies.certify`.
 """
 
-from advgen.certify.smoothadv import confirm, smoothadv, soft_logits_fn
+from advgen.certify.smoothadv import (confirm, confirm_keys, confirmed_from_counts, smoothadv,
+                                      soft_logits_fn)
 from advgen.certify.smoothing import (
     ABSTAIN,
     Certificate,

@@ -42,10 +42,22 @@ def smoothadv(attack, logits_fn, batch, key, *, sigma, num_samples):
   return attack(soft, batch, attack_key)
 
 
+def confirm_keys(keys):
+  """Fresh keys for PREDICT on the candidates of examples with keys (B,)."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, _CONFIRM))(keys)
+
+
+def confirmed_from_counts(counts, y, alpha):
+  """(B,) bool from PREDICT's votes (B, C) on the candidates: another class than y, no
+  abstention."""
+  prediction = smoothing.predict_from_counts(counts, alpha)
+  return (prediction != smoothing.ABSTAIN) & (prediction != np.asarray(y))
+
+
 def confirm(logits_fn, x_adv, y, key, sigma, num_samples, alpha, chunk_size=None):
   """(B,) bool: PREDICT with fresh noise on the candidates x_adv gives a class other than y and
   does not abstain; `key` one key or (B,) keys (fresh ones are folded from them)."""
   keys = smoothing.example_keys(key, x_adv.shape[0]) if jnp.ndim(key) == 0 else key
-  keys = jax.vmap(lambda k: jax.random.fold_in(k, _CONFIRM))(keys)
-  prediction = smoothing.predict(logits_fn, x_adv, keys, sigma, num_samples, alpha, chunk_size)
-  return (prediction != smoothing.ABSTAIN) & (prediction != np.asarray(y))
+  counts = smoothing.noise_counts(logits_fn, x_adv, confirm_keys(keys), sigma, num_samples,
+                                  chunk_size)
+  return confirmed_from_counts(counts, y, alpha)
