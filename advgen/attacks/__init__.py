@@ -20,11 +20,12 @@ from advgen.attacks.registry import (ATTACKS, LatentSpace, build, learned_manifo
                                      settings,
                                      true_manifold, validate)
 from advgen.attacks.result import AttackResult
+from advgen.attacks.square import SquareResult, square
 from advgen.attacks.threat import STARTS, L1Ball, L2Ball, LatentBall, LinfBall, TransformBall
 
 __all__ = [
     'ATTACKS', 'AttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball', 'LatentBall',
     'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'apgd', 'build', 'carlini_wagner_l2',
     'deepfool', 'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd',
-    'settings', 'sweep', 'true_manifold', 'validate'
+    'settings', 'square', 'SquareResult', 'sweep', 'true_manifold', 'validate'
 ]

@@ -31,6 +31,7 @@ from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fgsm import fgsm
 from advgen.attacks.hopskipjump import hopskipjump
 from advgen.attacks.pgd import pgd
+from advgen.attacks.square import square
 from advgen.errors import UserError
 
 
@@ -127,6 +128,7 @@ ATTACKS = {
     'deepfool': _Entry(deepfool),
     'cw_l2': _Entry(carlini_wagner_l2),
     'hopskipjump': _Entry(hopskipjump, needs_key=True),
+    'square': _Entry(square, needs_key=True),
     'apgd_ce': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'ce'),),
                       omit=('num_targets',)),
     'apgd_dlr': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr'),),
@@ -144,6 +146,12 @@ def _allowed(entry):
   if entry.threat is not None:
     names.append('epsilon')
   return names + list(entry.extra)
+
+
+def _required(entry):
+  """The engine's keyword settings without a default (Square's epsilon)."""
+  parameters = inspect.signature(entry.engine).parameters.values()
+  return {p.name for p in parameters if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
 
 
 def _closest(name, choices):
@@ -164,7 +172,7 @@ def validate(spec, where='attack'):
       raise UserError(f'{where} {name!r} has no setting {key!r}{_closest(key, allowed)}; its '
                       f'settings are {", ".join(sorted(allowed))}')
   entry = ATTACKS[name]
-  if entry.threat is not None and 'epsilon' not in settings:
+  if (entry.threat is not None or 'epsilon' in _required(entry)) and 'epsilon' not in settings:
     raise UserError(f'{where} {name!r} needs a radius: set its epsilon')
   for key, value in settings.items():
     if isinstance(value, float) and not math.isfinite(value):
@@ -173,7 +181,7 @@ def validate(spec, where='attack'):
     if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
       raise UserError(f'{where} {name!r}: {key} must be a positive number, got {settings[key]!r}')
   for key in ('num_steps', 'restarts', 'max_iter', 'binary_search_steps', 'num_iterations',
-              'max_num_evals', 'init_num_evals', 'num_targets'):
+              'max_num_evals', 'init_num_evals', 'num_targets', 'num_queries'):
     if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
       raise UserError(f'{where} {name!r}: {key} must be a positive integer, got '
                       f'{settings[key]!r}')
@@ -230,7 +238,7 @@ def build(spec, manifolds=None):
     raise UserError(f'attack {name!r} needs {needed}')
   if settings.get('step_rule') == 'adam':
     settings['step_rule'] = optax.adam(settings.pop('step_size'))
-  epsilon = settings.pop('epsilon', None)
+  epsilon = settings.pop('epsilon', None) if entry.threat is not None else None  # else the engine's
   make_threat = entry.threat
   threat_settings = {k: settings.pop(k) for k in entry.extra if k in settings}
 
