@@ -12,6 +12,7 @@ serves regular, on-manifold and transformation attacks. `get(name)` selects an a
 from advgen.attacks.apgd import apgd
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
+from advgen.attacks.fab import fab
 from advgen.attacks.fgsm import fgsm
 from advgen.attacks.hopskipjump import HopSkipJumpResult, hopskipjump
 from advgen.attacks.losses import margin
@@ -26,6 +27,6 @@ from advgen.attacks.threat import STARTS, L1Ball, L2Ball, LatentBall, LinfBall, 
 __all__ = [
     'ATTACKS', 'AttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball', 'LatentBall',
     'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'apgd', 'build', 'carlini_wagner_l2',
-    'deepfool', 'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd',
+    'deepfool', 'fab', 'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd',
     'settings', 'square', 'SquareResult', 'sweep', 'true_manifold', 'validate'
 ]

@@ -7,9 +7,10 @@ pipeline and studies all build attacks this way. Settings are the attack functio
 arguments plus the radius `epsilon` where there is one; `step_rule: 'adam'` with `step_size`
 is Stutz et al.'s Adam on the perturbation; `start: 'uniform' | 'gaussian_linf'` picks the random
 start of L-inf attacks (`threat.STARTS`; 'gaussian_linf' is Stutz et al.'s); `norm: 'linf' |
-'l2' | 'l1'` picks the ball of the APGD entries (`apgd_ce`, `apgd_dlr`, `apgd_t`). `validate(spec)`
-checks an entry without running it; `settings(spec)` is the entry with the defaults a result
-should record (the start used).
+'l2' | 'l1'` picks the ball of the APGD entries (`apgd_ce`, `apgd_dlr`, `apgd_t`) and the norm
+FAB minimizes (`fab`, `fab_t`: without `epsilon` a minimal attack). `validate(spec)` checks an
+entry without running it; `settings(spec)` is the entry with the defaults a result should record
+(the start used).
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ from advgen.attacks import threat as threats
 from advgen.attacks.apgd import apgd
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
+from advgen.attacks.fab import fab
 from advgen.attacks.fgsm import fgsm
 from advgen.attacks.hopskipjump import hopskipjump
 from advgen.attacks.pgd import pgd
@@ -134,6 +136,8 @@ ATTACKS = {
     'apgd_dlr': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr'),),
                        omit=('num_targets',)),
     'apgd_t': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr_targeted'),)),
+    'fab': _Entry(fab, needs_key=True, fixed=(('targeted', False),), omit=('num_targets',)),
+    'fab_t': _Entry(fab, needs_key=True, fixed=(('targeted', True),)),
 }
 
 # Settings of the engines that the pipeline supplies itself.
