@@ -86,6 +86,20 @@ def test_each_halving_condition_on_hand_made_loss_traces():
   assert _rule(rising, best_at_check=100.0, halved_at_check=False)
   assert not _rule(rising, best_at_check=100.0, halved_at_check=True)
   assert not _rule(rising, best_at_check=21.5, halved_at_check=False)  # it rose to 22
+  assert _rule(rising, best_at_check=22.0, halved_at_check=False)  # it only matched the best
+
+
+def test_random_starts_lie_on_the_sphere_of_their_norm():
+  """L-inf, L2: x + eps t / ||t|| (inside the box here); L1: the projection of x + N(0, I),
+  on the sphere too as the Gaussian's L1 norm far exceeds eps."""
+  x = interior(_KEYS[3])
+  for ball, radius in ((attacks.LinfBall, 0.05), (attacks.L2Ball, 0.5), (attacks.L1Ball, 2.0)):
+    threat = ball(x, radius)
+    starts = [apgd_lib._start(threat, jax.random.key(k)) for k in (0, 1)]
+    np.testing.assert_allclose(threat.distance(starts[0]), radius, rtol=1e-5)
+    assert not np.allclose(starts[0], starts[1])
+  linf = apgd_lib._start(attacks.LinfBall(x, 0.05), jax.random.key(0))
+  assert np.mean(np.abs(np.asarray(linf - x)) > 0.049) < 0.1  # t is uniform, not its sign
 
 
 def _state(v, grad, best_v, increases, best_loss_at_check=-1.0, halved_at_check=True):
@@ -246,6 +260,10 @@ def test_registry_builds_each_entry_and_validates_its_settings():
   built = attacks.build(dict(attack='apgd_ce', norm='l2', epsilon=1.0, num_steps=10,
                              restarts=2))(mlp, batch, jax.random.key(1))
   _assert_same_result(built, direct)  # the entry is apgd with loss 'ce' on the L2 ball
+  dlr = attacks.build(dict(attack='apgd_dlr', epsilon=0.1, num_steps=10, restarts=2))(
+      mlp, batch, jax.random.key(1))
+  np.testing.assert_allclose(dlr.loss, losses.dlr(mlp(dlr.x_adv), batch['label']), rtol=1e-4,
+                             atol=1e-6)
   bad = {'norm': 'l3', 'epsilon': float('nan'), 'num_targets': 0, 'rho': 1.5}
   for key, value in bad.items():
     spec = {'attack': 'apgd_t', 'epsilon': 0.1, key: value}
