@@ -127,8 +127,8 @@ def test_steps_momentum_and_the_restart_at_a_checkpoint():
   # L1: the signs of the top 20% (here: the largest of 4) magnitudes, unit L1 norm, eta = eps.
   l1 = attacks.L1Ball(x, 0.1)
   sparse = state.replace(control=apgd_lib._Sparsity(jnp.array([0.2]), jnp.array([4.0])))
-  np.testing.assert_allclose(apgd_lib._propose(l1, sparse, 3),
-                             l1.project(state.v + 0.1 * jnp.array([0, -1.0, 0, 0]).reshape(x.shape)),
+  top = jnp.array([0, -1.0, 0, 0]).reshape(x.shape)
+  np.testing.assert_allclose(apgd_lib._propose(l1, sparse, 3), l1.project(state.v + 0.1 * top),
                              atol=1e-7)
   # Step 22 of 100 ends the first period (22 steps): 21 increases keep the step, 5 halve it and
   # move the search back to the best point and its gradient.
