@@ -4,6 +4,7 @@ config mistakes included), and loading config files by path."""
 import difflib
 import importlib.util
 import logging
+import math
 import os
 import sys
 
@@ -30,6 +31,7 @@ class _LibraryChatter(logging.Filter):
 
 
 _SCRIPT = {}
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # configs/ lives there
 
 
 def config_and_workdir_flags(script, config_help, workdir_help):
@@ -79,12 +81,22 @@ def _unknown_field(argv):
   return None
 
 
+def _config_hint(path):
+  """Where this script's config files are, and the closest one to `path`."""
+  folder = 'configs/studies' if _SCRIPT.get('name') == 'scripts/study.py' else 'configs'
+  found = os.path.join(_ROOT, folder)
+  names = sorted(os.listdir(found)) if os.path.isdir(found) else []
+  match = difflib.get_close_matches(os.path.basename(path), names, n=1, cutoff=0.7)
+  hint = f' (did you mean {folder}/{match[0]}?)' if match else ''
+  return f'pass --config={folder}/NAME.py{hint}'
+
+
 def _explain(error, argv):
   """A one-line message for a flag-parsing failure."""
   text = str(error)
   path = _config_path(argv)
   if path is not None and not os.path.isfile(path):
-    return f'config file {path} does not exist; pass --config=configs/NAME.py'
+    return f'config file {path} does not exist; {_config_hint(path)}'
   unknown = _unknown_field(argv) if path is not None else None
   if unknown:
     return unknown
@@ -127,14 +139,37 @@ def check_script(config):
                   f'{hint}')
 
 
+def _numbers(value, name):
+  """(dotted name, value) of every float in a config value, nested entries and sequences
+  included."""
+  if hasattr(value, 'items'):
+    for key, item in value.items():
+      yield from _numbers(item, f'{name}.{key}')
+  elif isinstance(value, (list, tuple)):
+    for index, item in enumerate(value):
+      yield from _numbers(item, f'{name}[{index}]')
+  elif isinstance(value, float):
+    yield name, value
+
+
+def check_finite(config):
+  """Refuses a NaN or infinite number anywhere in the config, naming its field: range checks
+  such as `value <= 0` let NaN through, and the run would fail only after its work."""
+  for name, value in _numbers(config, 'config'):
+    if not math.isfinite(value):
+      raise UserError(f'{name} is {value}, not a finite number; set it to a number')
+
+
 def run(main):
   """Runs `main` like absl's app.run, turning UserErrors and flag mistakes into one line
   `error: ...` on stderr and exit status 2."""
   logging.getLogger('absl').addFilter(_LibraryChatter())
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)  # its backend probing
 
   def guarded(argv):
     try:
       check_script(flags.FLAGS.config)
+      check_finite(flags.FLAGS.config)
       return main(argv)
     except UserError as e:
       fail(e)

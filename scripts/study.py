@@ -12,11 +12,14 @@ the report from the stored results; --launcher=slurm submits every cell as a sub
 indexed jobs).
 """
 
+import os
+
 from absl import flags
 
 from advgen import cli
 from advgen.errors import UserError
 from advgen.studies import bounds, deniz, launch, stutz
+from advgen.train import workdir as workdir_lib
 
 _CONFIG, _WORKDIR = cli.config_and_workdir_flags(
     'scripts/study.py', 'Study config file (configs/studies/).', 'Directory of the study.')
@@ -29,28 +32,19 @@ _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Rebuild the report from 
 def main(argv):
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
-  if _LAUNCHER.value not in launch.LAUNCHERS:
-    raise UserError(f'unknown --launcher={_LAUNCHER.value}; choose one of '
-                    f'{", ".join(launch.LAUNCHERS)}')
-  if not 0 <= _SHARD_INDEX.value < _SHARD_COUNT.value:
-    raise UserError(f'--shard_index={_SHARD_INDEX.value} must be in [0, --shard_count='
-                    f'{_SHARD_COUNT.value})')
-  if config.study in ('bounds', 'deniz') and (_LAUNCHER.value != 'local' or
-                                              _SHARD_COUNT.value > 1):
-    raise UserError(f'the {config.study} study runs as one job; drop --launcher and --shard_count '
-                    '(they split the cells of a stutz study)')
+  launch.check_flags(config.study, _LAUNCHER.value, _SHARD_INDEX.value, _SHARD_COUNT.value)
+  if _REPORT_ONLY.value:
+    _check_stored(config, workdir)
   if config.study == 'bounds':
     text = bounds.write_report(bounds.stored(workdir), workdir) if _REPORT_ONLY.value else (
         bounds.run(config, workdir)['table'])
   elif config.study == 'deniz' and _REPORT_ONLY.value:
-    deniz.prepare(config, workdir)
+    deniz.validate(config)
     text = deniz.write_report(config, workdir)
   elif config.study == 'deniz':
     text = deniz.run(config, workdir)
-  elif config.study != 'stutz':
-    raise UserError(f'unknown config.study {config.study!r}; choose stutz, deniz or bounds')
   elif _REPORT_ONLY.value:
-    stutz.prepare(config, workdir)
+    stutz.validate(config, workdir)
     text = stutz.write_report(config, workdir)
   elif _LAUNCHER.value != 'local':
     jobs = launch.submit(config, workdir, _LAUNCHER.value)
@@ -62,6 +56,15 @@ def main(argv):
     text = (open(stutz.report_path(workdir)).read() if done == total else
             f'{done}/{total} cells done; run the remaining shards, then --report_only\n')
   print(text, end='')
+
+
+def _check_stored(config, workdir):
+  """--report_only rebuilds the report of a run of this study: refuses any other workdir before
+  anything is written."""
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    raise UserError(f'--workdir={workdir} holds no study (no config.json); run the study there '
+                    'first, without --report_only')
+  workdir_lib.check_config(workdir, config)
 
 
 if __name__ == '__main__':

@@ -34,15 +34,32 @@ class Dataset:
     return self.x_train.shape[1:]
 
 
-def load(config):
-  """Loads `config` (name, num_train, num_test, seed, and per-dataset fields) into a Dataset."""
+def check(config, where='config.dataset', train_field=None):
+  """Refuses a dataset config that cannot give what it asks for (fonts it does not have, more
+  examples than a split holds) without sampling it, so a study can refuse before any work; the
+  fonts' prototypes stay cached for `load`. Errors name the fields under `where` (num_train as
+  `train_field` where another field sets it)."""
   name = config.name
   if name not in NAMES:
-    raise UserError(f'unknown dataset {name!r}; choose one of {", ".join(NAMES)}')
+    raise UserError(f'unknown dataset {name!r} in {where}.name; choose one of {", ".join(NAMES)}')
   for field in ('num_train', 'num_test'):
     value = config.get(field)
-    if value is not None and value <= 0:
-      raise UserError(f'config.dataset.{field} must be positive, got {value}')
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise UserError(f'{where}.{field} must be positive (an integer), got {value!r}')
+  if name in GENERATED and (config.get('num_train') is None or config.get('num_test') is None):
+    raise UserError(f'{name} is generated: set {where}.num_train and num_test')
+  if name == 'fonts':
+    fonts_manifold(config, where)
+  elif name not in GENERATED:
+    for split in ('train', 'test'):
+      field = train_field if split == 'train' and train_field else f'{where}.num_{split}'
+      tfds.check(name, split, config.get('data_dir'), config.get(f'num_{split}'), field)
+
+
+def load(config):
+  """Loads `config` (name, num_train, num_test, seed, and per-dataset fields) into a Dataset."""
+  check(config)
+  name = config.name
   if name in GENERATED:
     return _generated(config)
   data_dir = config.get('data_dir')
@@ -51,15 +68,13 @@ def load(config):
   return Dataset(name, x_train, y_train, x_test, y_test, tfds.NUM_CLASSES[name])
 
 
-def fonts_manifold(config):
+def fonts_manifold(config, where='config.dataset'):
   """The fonts generator a dataset config describes (difficulty, font_dirs, num_fonts)."""
   return fonts.manifold(config.get('difficulty', 'hard'), tuple(config.get('font_dirs', ())),
-                        config.get('num_fonts'))
+                        config.get('num_fonts'), where)
 
 
 def _generated(config):
-  if config.get('num_train') is None or config.get('num_test') is None:
-    raise UserError(f'{config.name} is generated: set config.dataset.num_train and num_test')
   if config.name == 'fonts':
     generator = fonts_manifold(config)
     num_classes = len(fonts.LETTERS)

@@ -156,17 +156,23 @@ class FontsManifold:
     return lambda theta: self.render(font, label, theta)
 
 
-def manifold(difficulty='hard', font_dirs=(), num_fonts=None):
+def manifold(difficulty='hard', font_dirs=(), num_fonts=None, where='config.dataset'):
   """The fonts generator of `difficulty`'s theta ranges, over the fonts of `font_dirs`
-  (default: matplotlib's bundled fonts), at most `num_fonts` of them (Stutz et al.: the first
-  1000 Google Fonts that render)."""
+  (default: matplotlib's bundled fonts), exactly `num_fonts` of them (Stutz et al.: the first
+  1000 Google Fonts that render); errors name the fields under `where`."""
   if difficulty not in transforms.RANGES:
     raise UserError(f'unknown fonts difficulty {difficulty!r}; choose one of '
                     f'{", ".join(transforms.RANGES)}')
-  if num_fonts is not None and (not isinstance(num_fonts, int) or num_fonts < 2):
-    raise UserError(f'config.dataset.num_fonts must be an integer of at least 2 (or None: all), '
+  if num_fonts is not None and (isinstance(num_fonts, bool) or not isinstance(num_fonts, int) or
+                                num_fonts < 2):
+    raise UserError(f'{where}.num_fonts must be an integer of at least 2 (or None: all), '
                     f'got {num_fonts!r}')
-  names, protos = _load_prototypes(tuple(font_dirs) or (bundled_font_dir(),), num_fonts)
+  font_dirs = tuple(font_dirs) or (bundled_font_dir(),)
+  names, protos = _load_prototypes(font_dirs, num_fonts)
+  if num_fonts is not None and len(names) < num_fonts:  # a researcher must not publish fewer
+    raise UserError(f'{where}.num_fonts={num_fonts} but only {len(names)} fonts in '
+                    f'{", ".join(font_dirs)} draw Latin capitals A-J; add folders of TTF/OTF fonts '
+                    f'to {where}.font_dirs, or set {where}.num_fonts={len(names)}')
   return FontsManifold(protos, transforms.RANGES[difficulty], names)
 
 

@@ -52,16 +52,22 @@ def _source(tfds_name, split, data_dir):
                     + _prepare_hint(tfds_name, data_dir)) from None
 
 
-def load(name, split, data_dir=None, num=None, seed=0):
-  """Images (N, H, W, C) float32 in [0, 1] and int32 labels; `num` picks a seeded random subset."""
+def check(name, split, data_dir=None, num=None, field=None):
+  """The data source of a split that holds at least `num` examples (the config's `field`)."""
   if name not in DATASETS:
     raise UserError(f'unknown tfds dataset {name!r}; choose one of {", ".join(DATASETS)}')
-  tfds_name, label_of, post = DATASETS[name]
-  source = _source(tfds_name, split, data_dir)
+  source = _source(DATASETS[name][0], split, data_dir)
+  if num is not None and num > len(source):
+    raise UserError(f'{name} {split} has {len(source)} examples but {num} were asked for; set '
+                    f'{field or "config.dataset.num_" + split}={len(source)} or less')
+  return source
+
+
+def load(name, split, data_dir=None, num=None, seed=0):
+  """Images (N, H, W, C) float32 in [0, 1] and int32 labels; `num` picks a seeded random subset."""
+  source = check(name, split, data_dir, num)
+  _, label_of, post = DATASETS[name]
   total = len(source)
-  if num is not None and num > total:
-    raise UserError(f'{name} {split} has {total} examples but {num} were asked for; '
-                    'lower the number of examples in the config')
   index = np.arange(total)
   if num is not None:
     index = np.sort(np.random.default_rng(seed).permutation(total)[:num])

@@ -47,41 +47,48 @@ def paths(workdir, name):
 def _positive_int(value, field, minimum=1):
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     kind = 'positive' if minimum else 'non-negative'
-    raise UserError(f'config.{field} must be a {kind} integer, got {value!r}')
+    raise UserError(f'{field} must be a {kind} integer, got {value!r}')
 
 
-def validate(config):
-  """Every check of an attack config, before any model is loaded."""
+def validate(config, prefix='config'):
+  """Every check of an attack config, before any model is loaded; errors name its fields under
+  `prefix` (a study's attack config is `config.attack`)."""
   if not isinstance(config.name, str) or not re.fullmatch(r'[A-Za-z0-9_][A-Za-z0-9_.-]*',
                                                           config.name):
-    raise UserError(f'config.name must be a folder name (letters, digits, _ . -), got '
+    raise UserError(f'{prefix}.name must be a folder name (letters, digits, _ . -), got '
                     f'{config.name!r}')
   for field in ('num_images', 'batch_size'):
-    _positive_int(config[field], field)
-  _positive_int(config.num_examples, 'num_examples', 0)
+    _positive_int(config[field], f'{prefix}.{field}')
+  _positive_int(config.num_examples, f'{prefix}.num_examples', 0)
+  if config.num_examples > config.num_images:
+    raise UserError(f'{prefix}.num_examples={config.num_examples} is more than the '
+                    f'{prefix}.num_images={config.num_images} images attacked; lower it')
   if not config.attacks:
-    raise UserError('config.attacks is empty; configure at least one attack')
+    raise UserError(f'{prefix}.attacks is empty; configure at least one attack')
   for label, spec in config.attacks.items():
-    attacks.validate(spec, where=f'config.attacks.{label}: attack')
+    attacks.validate(spec, where=f'{prefix}.attacks.{label}: attack')
   generator_workdir = config.generator_workdir
   learned = [label for label, spec in config.attacks.items()
              if attacks.needs_manifold(spec) == 'learned']
   if learned and not generator_workdir:
-    raise UserError(f'config.attacks.{learned[0]} attacks on the learned manifold: set '
-                    'config.generator_workdir to a workdir of scripts/train_generator.py')
+    raise UserError(f'{prefix}.attacks.{learned[0]} attacks on the learned manifold: set '
+                    f'{prefix}.generator_workdir to a workdir of scripts/train_generator.py')
   if generator_workdir and not os.path.isfile(os.path.join(generator_workdir, 'config.json')):
-    raise UserError(f'config.generator_workdir={generator_workdir!r} is not a workdir of '
+    raise UserError(f'{prefix}.generator_workdir={generator_workdir!r} is not a workdir of '
                     'scripts/train_generator.py (no config.json there)')
   distance = config.distance
-  _positive_int(distance.num_images, 'distance.num_images', 0)
+  _positive_int(distance.num_images, f'{prefix}.distance.num_images', 0)
+  if distance.num_images > config.num_images:
+    raise UserError(f'{prefix}.distance.num_images={distance.num_images} is more than the '
+                    f'{prefix}.num_images={config.num_images} images attacked; lower it')
   for method in distance.methods:
     if method not in distances.METHODS:
-      raise UserError(f'unknown config.distance.methods entry {method!r}; choose from '
+      raise UserError(f'unknown {prefix}.distance.methods entry {method!r}; choose from '
                       f'{", ".join(distances.METHODS)}')
   for method in distances.METHODS:
     for key, value in distance[method].items():
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f'config.distance.{method}.{key} must be a positive number, got '
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserError(f'{prefix}.distance.{method}.{key} must be a positive number, got '
                         f'{value!r}')
 
 
@@ -184,10 +191,14 @@ def run(config, workdir):
   validate(config)
   out = paths(workdir, config.name)
   if os.path.exists(out['results']):
-    raise UserError(f'{out["results"]} already exists; choose another --config.name or delete '
-                    'that folder')
+    raise UserError(f'{out["results"]} already exists; choose another --config.name, or move '
+                    'that folder away to redo this run')
   _, dataset, module, variables = runs.load_classifiers(workdir)
-  num = min(config.num_images, len(dataset.y_test))
+  num = config.num_images
+  if num > len(dataset.y_test):
+    raise UserError(f'config.num_images={num} is more than the {len(dataset.y_test)} test images '
+                    f'of the classifiers in {workdir}; lower it, or attack classifiers trained '
+                    f'with config.dataset.num_test >= {num}')
   if num % config.batch_size:
     raise UserError(f'config.num_images={num} must be a multiple of config.batch_size='
                     f'{config.batch_size}')
@@ -208,7 +219,7 @@ def run(config, workdir):
   clean_correct = np.stack([evaluate.correct(clean_logits[k], y) for k in range(num_models)])
   key = jax.random.key(config.seed)
   measure = distances.methods(config, dataset, generator)
-  m = min(config.distance.num_images, num)
+  m = config.distance.num_images
   results = {'name': config.name, 'num_images': num, 'num_models': num_models,
              'generator_workdir': config.generator_workdir, 'code_bound': CODE_BOUND,
              'distance_methods': list(measure), 'num_distance_images': m,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from advgen import data
 from advgen.bounds import empirical, isoperimetric, modulus
 from advgen.errors import UserError
 from advgen.models import stacked
@@ -99,8 +100,20 @@ def validate(config):
     raise UserError('the bounds need one generator with a Gaussian prior over all classes; set '
                     'config.generator.class_specific=False')
   generator_lib.validate(config.generator)
+  data.check(config.generator.dataset, 'config.generator.dataset')
   for name in config.classifiers:
     classifier_lib.validate(config.classifiers[name])
+    data.check(config.classifiers[name].dataset, f'config.classifiers.{name}.dataset')
+
+
+def check_workdir(config, workdir):
+  """Refuses a workdir that holds another run (a classifier's, another study's), before its
+  results.json is taken for this study's."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path) and workdir_lib.read_json(path).get('study') != 'bounds':
+    raise UserError(f'--workdir={workdir} holds a run that is not a bounds study (its config.json '
+                    'has no study=bounds); pass a new --workdir for the bounds study')
+  workdir_lib.check_config(workdir, config)
 
 
 def _row_stats(values, p, scale, bound):
@@ -140,11 +153,13 @@ def _summarize(estimates, test_error, probs, p, norms, omega, failure_prob, work
 def run(config, workdir):
   """Trains or loads the models, measures and bounds robustness; returns the results dict."""
   results_path = os.path.join(workdir, RESULTS)
-  if os.path.exists(results_path):
-    raise UserError(f'{results_path} already exists; use a new --workdir or delete the file to '
-                    'redo the measurements (trained models in the workdir are reused)')
   validate(config)
   workdir_lib.check_writable(workdir)
+  check_workdir(config, workdir)
+  if os.path.exists(results_path):
+    raise UserError(f'{results_path} already exists: this bounds study is finished; use a new '
+                    '--workdir, or move that file away to redo the measurements (the trained '
+                    'models in the workdir are reused)')
   workdir_lib.prepare(workdir, config)
   _, gen_dataset, gen_module, gen_variables, gen_results = runs.train_or_load(
       'generator', config.generator, os.path.join(workdir, 'generator'))

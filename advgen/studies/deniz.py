@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 from scipy import stats
 
-from advgen import attacks, results as results_lib
+from advgen import attacks, data, results as results_lib
 from advgen.errors import UserError
 from advgen.models import knn, stacked
 from advgen.report import deniz as report
@@ -85,6 +85,14 @@ def validate(config):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise UserError(f'config.{field} must be an integer >= {low}, got {value!r}')
   knn.odd_ks(config.knn.largest_k)  # a positive odd number
+  dataset = config.classifier.dataset
+  for field, count, split in (('attack_images', config.attack_images, 'test'),
+                              ('knn.largest_k', config.knn.largest_k, 'train')):
+    limit = dataset.get(f'num_{split}')
+    if limit is not None and count > limit:
+      raise UserError(f'config.{field}={count} is more than the config.classifier.dataset.'
+                      f'num_{split}={limit} {split} images of a run; lower it')
+  data.check(dataset, 'config.classifier.dataset')
 
 
 def prepare(config, workdir):

@@ -9,6 +9,7 @@ For one cell larger than a host, see the README (`jax.distributed.initialize()` 
 
 import json
 import os
+import shutil
 
 import ml_collections
 
@@ -16,6 +17,7 @@ from advgen.errors import UserError
 from advgen.studies import stutz
 
 LAUNCHERS = ('local', 'slurm', 'submitit_local')
+STUDIES = ('stutz', 'deniz', 'bounds')
 
 
 def _config(config_json):
@@ -34,12 +36,35 @@ def report_job(config_json, workdir):
   return stutz.write_report(_config(config_json), workdir)
 
 
+def check_flags(study, launcher='local', shard_index=0, shard_count=1):
+  """Refuses scripts/study.py's --launcher/--shard_* values that cannot run `study`; an error
+  names exactly the flags to change."""
+  if launcher not in LAUNCHERS:
+    raise UserError(f'unknown --launcher={launcher}; choose one of {", ".join(LAUNCHERS)}')
+  if study not in STUDIES:
+    raise UserError(f'unknown config.study {study!r}; choose one of {", ".join(STUDIES)}')
+  given = [f'--{flag}' for flag, value, default in (
+      ('launcher', launcher, 'local'), ('shard_index', shard_index, 0),
+      ('shard_count', shard_count, 1)) if value != default]
+  if study != 'stutz' and given:
+    raise UserError(f'the {study} study runs as one job; drop {" and ".join(given)} (they split '
+                    'the cells of a stutz study)')
+  if shard_count < 1:
+    raise UserError(f'--shard_count={shard_count} must be a positive integer (the number of '
+                    'shares; 1: all cells)')
+  if not 0 <= shard_index < shard_count:
+    raise UserError(f'--shard_index={shard_index} must be in [0, --shard_count={shard_count})')
+
+
 def executor(config, workdir, launcher):
   """A submitit executor for `launcher`, with config.launcher's partition, GPUs and time."""
   try:
     import submitit
   except ImportError:
     raise UserError(f'--launcher={launcher} needs submitit: pip install -e ".[cluster]"') from None
+  if launcher == 'slurm' and shutil.which('sbatch') is None:
+    raise UserError('--launcher=slurm needs SLURM (no sbatch on PATH); run on a SLURM login node, '
+                    'or drop --launcher to run the cells here')
   folder = os.path.join(workdir, 'jobs', '%j')
   settings = config.launcher
   if launcher == 'submitit_local':
@@ -64,8 +89,9 @@ def _after(made, jobs):
 
 def submit(config, workdir, launcher):
   """Submits the study's unfinished phases; returns the jobs (generator, cells..., report)."""
+  stutz.check(config, workdir)
+  made = executor(config, workdir, launcher)  # it makes its folder, and refuses a missing SLURM
   stutz.prepare(config, workdir)
-  made = executor(config, workdir, launcher)
   config_json = config.to_json()
   jobs = []
   if stutz.needs_generator(config):

@@ -20,7 +20,7 @@ import time
 import ml_collections
 from absl import logging
 
-from advgen import attacks, results as results_lib
+from advgen import attacks, data, results as results_lib
 from advgen.errors import UserError
 from advgen.report import stutz as report
 from advgen.studies import attack as attack_study, runs
@@ -98,7 +98,16 @@ def validate(config, workdir='.'):
   attack = attack_config(config, workdir)
   with attack.unlocked():
     attack.generator_workdir = ''  # it exists only once the study has trained it
-  attack_study.validate(_without_learned(attack))
+  attack_study.validate(_without_learned(attack), prefix='config.attack')
+  data.check(cell_config(config, workdir, names[0], max(sizes)).dataset,
+             'config.classifier.dataset', 'max(config.train_sizes)')
+  if needs_generator(config):
+    data.check(config.generator.dataset, 'config.generator.dataset')
+  num_test = config.classifier.dataset.get('num_test')
+  if num_test is not None and config.attack.num_images > num_test:
+    raise UserError(f'config.attack.num_images={config.attack.num_images} is more than the '
+                    f'{num_test} test images of config.classifier.dataset.num_test; lower it or '
+                    'raise num_test')
 
 
 def _without_learned(attack):
@@ -170,10 +179,16 @@ def run(config, workdir, shard_index=0, shard_count=1):
   return summaries
 
 
-def prepare(config, workdir):
-  """Checks everything and records the study's config before any work."""
+def check(config, workdir):
+  """Every check of the study and its workdir, writing nothing."""
   validate(config, workdir)
   workdir_lib.check_writable(workdir)
+  workdir_lib.check_config(workdir, config)
+
+
+def prepare(config, workdir):
+  """Checks everything and records the study's config before any work."""
+  check(config, workdir)
   workdir_lib.prepare(workdir, config)
 
 

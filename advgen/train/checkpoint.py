@@ -1,6 +1,8 @@
 """Orbax checkpoints of a training state pytree, with errors a user can act on."""
 
+import logging
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -35,13 +37,56 @@ class Checkpoints:
     if step is None:
       raise UserError(f'no checkpoint in {self.directory}; train a model in this workdir first')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    held = _HeldRecords()
+    logging.getLogger('absl').addFilter(held)
+    _drop_closed_loop_errors()
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # Orbax raises many types for unreadable files.
       raise UserError(
           f'checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: '
           f'{str(e).splitlines()[0][:200] if str(e) else ""}); delete that step folder to resume '
           'from an earlier one, or use a new --workdir') from None
+    finally:
+      logging.getLogger('absl').removeFilter(held)
+    held.release()
+    return restored
 
   def close(self):
     self._manager.close()
+
+
+class _HeldRecords(logging.Filter):
+  """Holds orbax's log lines during a restore: a failed one says everything in its one error
+  line, a successful one logs them afterwards."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record):
+    if '/orbax/' not in record.pathname:
+      return True
+    self.records.append(record)
+    return False
+
+  def release(self):
+    for record in self.records:
+      logging.getLogger('absl').handle(record)
+
+
+def _drop_closed_loop_errors():
+  """When a restore fails, tensorstore finishes the reads orbax left pending and reports, from its
+  own threads, that orbax's event loop is closed; those reports are noise around the error (the
+  hook drops that one report only, for the rest of the process)."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook

@@ -118,7 +118,8 @@ def refuse_finished(results_path):
 def write_results(path, value, overwrite=False):
   """Writes a final result file, refusing to replace an existing one unless asked to."""
   if os.path.exists(path) and not overwrite:
-    raise UserError(f'{path} already exists; use a new --workdir or delete the file to redo it')
+    raise UserError(f'{path} already exists; use a new --workdir, or move the file away to redo '
+                    'it')
   write_json(path, value)
 
 
