@@ -9,6 +9,7 @@ batch-first), e.g. `jax.tree.map(lambda *a: np.concatenate(a), *results)`.
 import numpy as np
 
 from advgen.data import fonts
+from advgen.progress import Progress
 
 
 def _mean(values, mask=None):
@@ -122,10 +123,13 @@ def class_manifold_distances(manifold, images, key, num_classes, **project_setti
   """(N, C): the L2 distance of each image to the true fonts manifold of every class c, from
   `fonts.project(manifold, images, c, ...)` (the same key for every class)."""
   images = np.asarray(images)
+  progress = Progress(f'projecting {len(images)} images onto each of {num_classes} class '
+                      'manifolds', len(images) * num_classes, 'projections')
   columns = []
   for c in range(num_classes):
     labels = np.full(len(images), c, np.int32)
-    columns.append(np.asarray(fonts.project(manifold, images, labels, key, **project_settings)[2]))
+    columns.append(np.asarray(fonts.project(manifold, images, labels, key, progress=progress,
+                                            **project_settings)[2]))
   return np.stack(columns, axis=1)
 
 

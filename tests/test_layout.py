@@ -23,6 +23,7 @@ FORBIDDEN = {
     'manifold.py': ('advgen.train', 'advgen.studies', 'advgen.cli'),
     'evaluate.py': ('advgen.train', 'advgen.studies', 'advgen.cli'),
     'results.py': ('advgen.',) + JAX,
+    'progress.py': ('advgen.',) + JAX,
     'report/': ('advgen.data', 'advgen.models', 'advgen.attacks', 'advgen.bounds',
                 'advgen.train', 'advgen.studies', 'advgen.cli') + JAX,
     'train/': ('advgen.studies', 'advgen.cli'),

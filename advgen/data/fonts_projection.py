@@ -13,6 +13,7 @@ import numpy as np
 from jax.scipy import ndimage
 
 from advgen import transforms
+from advgen.progress import Progress
 
 
 def _coords(height, width):
@@ -155,7 +156,7 @@ def _levenberg_marquardt(residual, u, num_steps):
 
 @functools.partial(jax.jit, static_argnames=('num_candidates', 'num_rotations', 'num_restarts',
                                              'num_steps', 'num_random', 'schedule'))
-def _project(images, labels, key, prototypes, ranges, candidate_font, candidate_theta, *,
+def _project(images, labels, keys, prototypes, ranges, candidate_font, candidate_theta, *,
              num_candidates, num_rotations, num_restarts, num_steps, num_random, schedule):
   low, high = ranges[0], ranges[1]
   span = high - low
@@ -225,7 +226,6 @@ def _project(images, labels, key, prototypes, ranges, candidate_font, candidate_
     index = jnp.argmin(costs)
     return font[index], low + span * u[index], jnp.sqrt(costs[index])
 
-  keys = jax.random.split(key, images.shape[0])
   if candidate_font is None:
     return jax.vmap(lambda *a: one(*a, None, None))(images, labels, keys)
   return jax.vmap(one)(images, labels, keys, candidate_font, candidate_theta)
@@ -234,10 +234,12 @@ def _project(images, labels, key, prototypes, ranges, candidate_font, candidate_
 # Successive halving: (starts kept (0: all), Levenberg-Marquardt steps before keeping them, blur
 # sigma in pixels of the images they fit). Measured by benchmarks/projection.py.
 SCHEDULE = ((0, 3, 1.5), (8, 3, 0.0), (2, 8, 0.0))
+CHUNK = 100  # images per compiled call: the size benchmarks/projection.py measures
 
 
 def project(fonts, images, labels, key=None, num_candidates=32, num_rotations=16, num_restarts=3,
-            num_steps=20, learning_rate=None, *, candidate=None, num_random=64, schedule=SCHEDULE):
+            num_steps=20, learning_rate=None, *, candidate=None, num_random=64, schedule=SCHEDULE,
+            progress=None):
   """Nearest point of each image on its class manifold: (font, theta, L2 residual).
 
   The residual is the distance to the true manifold of the given class (Stutz et al., Sec. 3).
@@ -256,6 +258,8 @@ def project(fonts, images, labels, key=None, num_candidates=32, num_rotations=16
       clean image an adversarial example was made from); the result is never farther than it.
     num_random: uniformly random starts per font (from `key`).
     learning_rate: ignored (the Adam projection it tuned is gone); kept for old configs.
+    progress: an `advgen.progress.Progress` advanced by the images of each chunk of `CHUNK`
+      (default: its own when there is more than one chunk, as a chunk takes seconds).
   """
   del learning_rate
   if candidate is None:
@@ -264,7 +268,23 @@ def project(fonts, images, labels, key=None, num_candidates=32, num_rotations=16
     font0 = jnp.asarray(candidate[0], jnp.int32)
     theta0 = jnp.asarray(candidate[1], jnp.float32)
   key = jax.random.key(0) if key is None else key
-  return _project(jnp.asarray(images), jnp.asarray(labels), key, jnp.asarray(fonts.prototypes),
-                  jnp.asarray(fonts.ranges), font0, theta0, num_candidates=num_candidates,
-                  num_rotations=num_rotations, num_restarts=num_restarts, num_steps=num_steps,
-                  num_random=num_random, schedule=tuple(tuple(stage) for stage in schedule))
+  images, labels = jnp.asarray(images), jnp.asarray(labels)
+  num = len(images)
+  keys = jax.random.split(key, num)  # per image, whatever the chunks
+  chunks = max(-(-num // CHUNK), 1)
+  size = max(-(-num // chunks), 1)  # equal chunks: one compiled shape
+  if progress is None and chunks > 1:
+    progress = Progress(f'projecting {num} images onto their class manifolds', num, 'images')
+  parts = []
+  for start in range(0, max(num, 1), size):
+    rows = np.minimum(np.arange(start, start + size), num - 1) if num else np.arange(0)
+    take = lambda a, rows=rows: None if a is None else a[rows]  # the last chunk repeats a row
+    parts.append(_project(
+        take(images), take(labels), keys[rows], jnp.asarray(fonts.prototypes),
+        jnp.asarray(fonts.ranges), take(font0), take(theta0), num_candidates=num_candidates,
+        num_rotations=num_rotations, num_restarts=num_restarts, num_steps=num_steps,
+        num_random=num_random, schedule=tuple(tuple(stage) for stage in schedule)))
+    if progress is not None:
+      jax.block_until_ready(parts[-1])
+      progress.advance(min(size, num - start))
+  return tuple(jnp.concatenate(part)[:num] for part in zip(*parts))

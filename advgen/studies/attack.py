@@ -27,6 +27,7 @@ from advgen import attacks, evaluate, manifold, results as results_lib
 from advgen.attacks import norms
 from advgen.errors import UserError
 from advgen.models import class_models, stacked
+from advgen.progress import Progress
 from advgen.report import images as image_report
 from advgen.studies import distances, runs
 from advgen.train import trainer, workdir as workdir_lib
@@ -130,17 +131,23 @@ def attack_models(variables, batch, key, *, module, attack, per_model=False):
   return stacked.over_models(lambda v: one(v, batch))(variables)
 
 
-def attack_in_batches(attack, test, variables, module, key, batch_size, per_model=False):
+def attack_in_batches(attack, test, variables, module, key, batch_size, per_model=False,
+                      name='attack'):
   """`attack` on every model and test image, batch by batch: (K, N, ...) arrays; with
-  `per_model`, model k attacks its own test images (the arrays of `test` are K, N, ...)."""
+  `per_model`, model k attacks its own test images (the arrays of `test` are K, N, ...).
+  Progress is logged per batch under `name`."""
   axis = 1 if per_model else 0
+  num = test['label'].shape[axis]
+  progress = Progress(f'{name} on {stacked.count(variables)} models x {num} images',
+                      -(-num // batch_size), 'batches')
   batches = []
-  for start in range(0, test['label'].shape[axis], batch_size):
+  for start in range(0, num, batch_size):
     batch = jax.tree.map(lambda a: a[(slice(None),) * axis + (slice(start, start + batch_size),)],
                          test)
     batches.append(jax.device_get(attack_models(variables, batch, jax.random.fold_in(key, start),
                                                 module=module, attack=attack,
                                                 per_model=per_model)))
+    progress.advance()
   return jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *batches)
 
 
@@ -153,7 +160,7 @@ def _attack_class(variables, decoder, box, batch, key, *, module, generator, spe
                        attack=attacks.build(dict(spec), {'learned': space}))
 
 
-def _attack_by_class(spec, test, variables, module, generator, key, batch_size):
+def _attack_by_class(spec, test, variables, module, generator, key, batch_size, name):
   """The learned-manifold attack with the test images grouped by class, so each step decodes
   with the true class's generator only (decoding with all of them and keeping one costs C
   times as much); (K, N, ...) arrays in the order of `test`."""
@@ -163,6 +170,8 @@ def _attack_by_class(spec, test, variables, module, generator, key, batch_size):
   size = -(-index.shape[1] // chunks)  # equal batches: one compiled shape
   index = np.concatenate([index, np.repeat(index[:, :1], chunks * size - index.shape[1], 1)], 1)
   spec = tuple(sorted(dict(spec).items()))
+  progress = Progress(f'{name} on {stacked.count(variables)} models x {len(test["label"])} '
+                      f'images, class by class', index.size // size, 'batches')
   parts = []
   for k, row in enumerate(index):
     decoder = stacked.select(generator['variables'], k)
@@ -175,6 +184,7 @@ def _attack_by_class(spec, test, variables, module, generator, key, batch_size):
                                          spec=spec))
       valid = np.arange(start, start + size) < counts[k]  # not the padding
       parts.append((rows[valid], jax.tree.map(lambda o: o[:, valid], out)))
+      progress.advance()
   return jax.tree.map(lambda *outs: _scatter([r for r, _ in parts], outs), *[o for _, o in parts])
 
 
@@ -239,10 +249,10 @@ def run(config, workdir):
     attack_key = jax.random.fold_in(key, index)
     if learned:
       result = _attack_by_class(config.attacks[label], test, variables, module, generator,
-                                attack_key, config.batch_size)
+                                attack_key, config.batch_size, f'attack {label}')
     else:
       result = attack_in_batches(built[label], test, variables, module, attack_key,
-                                 config.batch_size)
+                                 config.batch_size, name=f'attack {label}')
     counted = counted_codes if learned else None
     per_model = [evaluate.summarize(stacked.select(result, k), y, clean_logits[k], counted)
                  for k in range(num_models)]

@@ -28,6 +28,7 @@ from advgen import data
 from advgen.bounds import empirical, isoperimetric, modulus
 from advgen.errors import UserError
 from advgen.models import stacked
+from advgen.progress import Progress
 from advgen.report import bounds as report, images as image_report
 from advgen.studies import runs
 from advgen.train import classifier as classifier_lib, generator as generator_lib
@@ -173,6 +174,9 @@ def run(config, workdir):
   z_prob = empirical.sample_latents(prob_key, config.num_prob_samples, latent_dim).reshape(
       -1, batch, latent_dim)
   z = empirical.sample_latents(sample_key, config.num_samples, latent_dim)
+  logging.info('modulus of continuity from %d latents x %d directions x %d radii (one program)',
+               config.modulus.num_points, config.modulus.num_directions,
+               len(config.modulus.radii))
   estimate = modulus.estimate_modulus(decode_fn, modulus_key, latent_dim,
                                       list(config.modulus.radii), config.modulus.num_points,
                                       config.modulus.num_directions, config.modulus.quantile)
@@ -195,16 +199,20 @@ def run(config, workdir):
     if tuple(dataset.input_shape) != tuple(gen_dataset.input_shape):
       raise UserError(f'classifier {name!r} takes inputs of shape {dataset.input_shape} but the '
                       f'generator makes {gen_dataset.input_shape}; train both on one dataset')
+    logging.info('classifier %s: class probabilities from %d generated samples (one program)',
+                 name, config.num_prob_samples)
     counts, norm_sums = jax.device_get(_predict_models(
         variables, gen_variables, z_prob, classifier=module, generator=gen_module,
         num_classes=dataset.num_classes))
     image_norms.append(np.asarray(norm_sums, np.float64) / config.num_prob_samples)
-    logging.info('classifier %s: measuring r_Z, r_in and r_unc on %d generated samples', name,
-                 config.num_samples)
-    parts = [jax.device_get(_estimate_models(
-        variables, gen_variables, z[i:i + batch], jax.random.fold_in(attack_key, i),
-        classifier=module, generator=gen_module, settings=settings))
-        for i in range(0, config.num_samples, batch)]
+    progress = Progress(f'classifier {name}: r_Z, r_in and r_unc of {config.num_samples} '
+                        'generated samples', -(-config.num_samples // batch), 'batches')
+    parts = []
+    for i in range(0, config.num_samples, batch):
+      parts.append(jax.device_get(_estimate_models(
+          variables, gen_variables, z[i:i + batch], jax.random.fold_in(attack_key, i),
+          classifier=module, generator=gen_module, settings=settings)))
+      progress.advance()
     per_model = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts)  # (K, N, ...)
     examples[name] = jax.tree.map(lambda a: a[0], per_model)
     num_models = counts.shape[0]

@@ -29,7 +29,6 @@ A killed study resumes: training from its checkpoint, finished attacks are loade
 """
 
 import os
-import time
 
 import jax
 import ml_collections
@@ -40,6 +39,7 @@ from scipy import stats
 from advgen import attacks, data, results as results_lib
 from advgen.errors import UserError
 from advgen.models import knn, stacked
+from advgen.progress import Progress
 from advgen.report import deniz as report
 from advgen.studies import attack as attack_study, runs
 from advgen.train import classifier, workdir as workdir_lib
@@ -107,15 +107,12 @@ def _adversarial(config, workdir, label, index, module, variables, x, y):
   path = os.path.join(workdir, ATTACKS, f'{label}.npz')
   if os.path.exists(path):
     return workdir_lib.read_arrays(path)['x_adv']
-  start_time = time.time()
   result = attack_study.attack_in_batches(
       attacks.build(config.attacks[label]), {'image': x, 'label': y}, variables, module,
       jax.random.fold_in(jax.random.key(config.seed), index), config.attack_batch_size,
-      per_model=True)
+      per_model=True, name=f'attack {label}')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   workdir_lib.write_arrays(path, x_adv=result.x_adv)
-  logging.info('attack %s: %d runs x %d images in %.0f s', label, x.shape[0], x.shape[1],
-               time.time() - start_time)
   return result.x_adv
 
 
@@ -156,7 +153,12 @@ def cnn_experiment(config, workdir, module, at_epoch, x, y, num_epochs):
   predict = lambda variables, images: np.argmax(
       stacked.stacked_logits(module, variables, images, bs, per_model=True), -1)
   epochs = range(1, num_epochs + 1)
-  test_correct = np.stack([predict(at_epoch(e), x) == y for e in epochs])  # (E, R, n)
+  progress = Progress('test accuracy of every epoch', num_epochs, 'epochs')
+  test_correct = []
+  for e in epochs:
+    test_correct.append(predict(at_epoch(e), x) == y)
+    progress.advance()
+  test_correct = np.stack(test_correct)  # (E, R, n)
   best = np.argmax(test_correct.mean(-1), axis=0) + 1  # M per run, the first best epoch
   logging.info('best test epoch M per run: %s (of %d)', best.tolist(), num_epochs)
   labels = sorted(config.attacks)
@@ -165,10 +167,12 @@ def cnn_experiment(config, workdir, module, at_epoch, x, y, num_epochs):
   adversarial = {a: _adversarial(config, workdir, a, i, module, variables, x[:, :n], y[:, :n])
                  for i, a in enumerate(labels)}
   adv_correct = {a: [] for a in labels}
+  progress = Progress('accuracy of every epoch on the adversarial sets', num_epochs, 'epochs')
   for e in epochs:
     restored = at_epoch(e)
     for a in labels:
       adv_correct[a].append(predict(restored, adversarial[a]) == y[:, :n])
+    progress.advance()
   adv_correct = {a: np.stack(v) for a, v in adv_correct.items()}
   runs_ = np.arange(len(best))
   right_at_best = test_correct[best - 1, runs_]  # (R, n)

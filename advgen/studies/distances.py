@@ -17,6 +17,7 @@ import numpy as np
 from advgen import evaluate, manifold
 from advgen.data import fonts
 from advgen.models import stacked
+from advgen.progress import Progress
 
 METHODS = ('true', 'learned', 'subspace')
 
@@ -86,7 +87,7 @@ def manifold_metrics(result, test, masks, m, measure, key):
   x, y = test['image'], test['label']
   num_models = masks.shape[0]
   extra, arrays = [{} for _ in range(num_models)], {}
-  if not m:
+  if not (m and measure):
     return extra, arrays
   x_adv = np.asarray(result.x_adv[:, :m])
   delta = (x_adv - np.asarray(x[None, :m])).reshape(num_models, m, -1)
@@ -94,9 +95,12 @@ def manifold_metrics(result, test, masks, m, measure, key):
   labels = np.tile(np.asarray(y[:m]), num_models)
   origin = {name: np.concatenate([np.asarray(test[name][:m])] * num_models)
             for name in ('font', 'theta') if name in test}
+  progress = Progress(f'distances to the manifold of {num_models} models x {m} examples '
+                      f'({", ".join(measure)})', len(measure), 'methods')
   for method, fn in measure.items():
     d = np.asarray(fn(x_adv.reshape((-1,) + x_adv.shape[2:]), labels, key, origin)).reshape(
         num_models, m)
+    progress.advance()
     arrays[f'{method}_distance'] = d
     for k in range(num_models):
       extra[k].update(evaluate.manifold_distance_stats(d[k], perturbation[k], masks[k, :m],
