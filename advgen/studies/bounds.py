@@ -29,8 +29,8 @@ from advgen.bounds import empirical, isoperimetric, modulus
 from advgen.errors import UserError
 from advgen.models import stacked
 from advgen.progress import Progress
-from advgen.report import bounds as report, images as image_report
-from advgen.studies import runs
+from advgen.report import bounds as report, images as image_report, sandwich as sandwich_report
+from advgen.studies import runs, sandwich
 from advgen.train import classifier as classifier_lib, generator as generator_lib
 from advgen.train import workdir as workdir_lib
 
@@ -105,6 +105,7 @@ def validate(config):
   for name in config.classifiers:
     classifier_lib.validate(config.classifiers[name])
     data.check(config.classifiers[name].dataset, f'config.classifiers.{name}.dataset')
+  sandwich.validate(config)
 
 
 def check_workdir(config, workdir):
@@ -192,6 +193,7 @@ def run(config, workdir):
                                                       if np.isscalar(v)}},
              'classifiers': {}}
   image_norms, examples, collected = [], {}, {}
+  sandwiched = None  # (module, model 0's variables, its class probabilities) of the sandwich
   for name in sorted(config.classifiers):
     subdir = os.path.join('classifiers', name)
     _, dataset, module, variables, cls_results = runs.train_or_load(
@@ -215,6 +217,8 @@ def run(config, workdir):
       progress.advance()
     per_model = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts)  # (K, N, ...)
     examples[name] = jax.tree.map(lambda a: a[0], per_model)
+    if name == (config.get('sandwich') or {}).get('classifier'):
+      sandwiched = (module, stacked.select(variables, 0), counts[0] / counts[0].sum())
     num_models = counts.shape[0]
     for k in range(num_models):
       label = name if num_models == 1 else f'{name}_{k}'
@@ -234,7 +238,11 @@ def run(config, workdir):
   curves = isoperimetric.figure2_curve(list(config.figure2.dims),
                                        list(config.figure2.num_classes), config.figure2.p)
   results['figure2'] = {k: np.asarray(v).tolist() for k, v in curves.items()}
-  results['table'] = report.table_markdown(results)
+  if sandwiched is not None:
+    results['sandwich'] = sandwich.from_study(config, sandwiched, decode_fn, z,
+                                              examples[config.sandwich.classifier], estimate,
+                                              jax.random.fold_in(key, 4))
+  results['table'] = _table(results)
   write_report(results, workdir)
   _examples_figure(decode_fn, z, examples, os.path.join(workdir, EXAMPLES))
   workdir_lib.write_results(results_path, results)  # last: it marks the run finished
@@ -244,11 +252,22 @@ def run(config, workdir):
 def write_report(results, workdir):
   """report.md and the figures into `workdir`, from the results alone (nothing recomputed);
   returns the table."""
-  table = report.table_markdown(results)
+  table = _table(results)
   with open(os.path.join(workdir, TABLE), 'w') as f:
     f.write(table)
   report.plot_cdfs(results, os.path.join(workdir, CDF_FIGURE))
   report.plot_figure2(results['figure2'], os.path.join(workdir, FIGURE2))
+  if 'sandwich' in results:
+    sandwich_report.plot(results['sandwich'], os.path.join(workdir, sandwich_report.FIGURE))
+  return table
+
+
+def _table(results):
+  """report.md: the Fawzi table, then the sandwich's when the study has one."""
+  table = report.table_markdown(results)
+  if 'sandwich' in results:
+    table += sandwich_report.table_markdown(results['sandwich'],
+                                            results['sandwich']['classifier'])
   return table
 
 

@@ -3,7 +3,9 @@
   python scripts/study.py --config=configs/studies/bounds_fonts.py --workdir=/tmp/advgen/bounds_fonts
 
 A class-agnostic VAE (Gaussian prior, latent size 10) trained on fonts images is the generator g;
-Stutz's conv net and an MLP trained on the real fonts training set are the classifiers. On 500
+Stutz's conv net and an MLP trained on the real fonts training set are the classifiers, with the
+conv net trained with Gaussian noise whose smoothed version is certified (the sandwich
+certified <= found <= bound, figures/sandwich.png). On 500
 generated samples x = g(z), z ~ N(0, I), it measures the robustness in latent space (r_Z),
 in-distribution (r_in) and unconstrained (r_unc) and compares their 0.25-quantiles with the
 isoperimetric bound. Widths and epochs are cut so that the whole run (training included) fits in
@@ -33,14 +35,27 @@ def generator_config():
 
 
 def classifier_configs():
-  """Stutz's conv net and a 4x128 MLP on real fonts images, 10 epochs each."""
+  """Stutz's conv net and a 4x128 MLP on real fonts images, and the conv net trained with
+  Gaussian noise (sigma 0.25: the sandwich's base classifier), 10 epochs each."""
   convnet = load_config(os.path.join(_DIR, 'fonts.py'))
   convnet.num_epochs = 10
   mlp = load_config(os.path.join(_DIR, 'fonts.py'))
   mlp.model = ml_collections.ConfigDict(dict(name='mlp', kwargs={}))
   mlp.optimizer.learning_rate = 0.002
   mlp.num_epochs = 10
-  return {'convnet': convnet, 'mlp': mlp}
+  gaussian = load_config(os.path.join(_DIR, 'fonts_gaussian.py'), '0.25')
+  gaussian.num_epochs = 10
+  return {'convnet': convnet, 'gaussian': gaussian, 'mlp': mlp}
+
+
+def sandwich_config(classifier='gaussian', sigma=0.25):
+  """Certified <= found <= bound on the first `num_samples` generated samples: CERTIFY of the
+  smoothed classifier (n0, n, alpha), SmoothAdv L2 PGD (`pgd_steps`, `soft_samples` noise
+  samples) at each of `epsilons`, confirmed by PREDICT with `predict_samples` fresh ones."""
+  return ml_collections.ConfigDict(dict(
+      classifier=classifier, sigma=sigma, num_samples=100, n0=100, n=10_000, alpha=0.001,
+      soft_samples=32, predict_samples=1000, pgd_steps=20,
+      epsilons=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)))
 
 
 def get_config():
@@ -49,6 +64,7 @@ def get_config():
   config.seed = 0
   config.generator = generator_config()
   config.classifiers = ml_collections.ConfigDict(classifier_configs())
+  config.sandwich = sandwich_config()
   config.p = 0.25  # the quantile reported (Fawzi et al. report 0.25 and 0.5)
   config.num_samples = 500  # generated samples whose robustness is measured
   config.num_prob_samples = 10000  # samples measuring P_i and E||g(z)||

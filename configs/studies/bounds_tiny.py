@@ -31,6 +31,12 @@ def get_config():
   mlp.eval_batch_size = 100
   mlp.log_every = 2
   config.classifiers = ml_collections.ConfigDict({'mlp': mlp})
+  config.sandwich.classifier = 'mlp'
+  config.sandwich.num_samples = 10
+  config.sandwich.n0, config.sandwich.n = 20, 300
+  config.sandwich.soft_samples, config.sandwich.predict_samples = 8, 200
+  config.sandwich.pgd_steps = 5
+  config.sandwich.epsilons = (0.5, 1.0, 2.0, 4.0)
   config.num_samples = 40
   config.num_prob_samples = 200
   config.batch_size = 20
