@@ -11,6 +11,7 @@ import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from advgen import attacks
@@ -275,3 +276,19 @@ def test_restarts_attack_only_the_robust_examples_and_the_entry_builds_it():
   assert np.array_equal(res.restart_success[:, 1], res.success)
   with pytest.raises(UserError, match='norm'):
     attacks.build({**spec, 'norm': 'l1'})(model, {'image': x, 'label': y}, jax.random.key(1))
+
+
+def test_targeted_moves_to_the_target_by_its_cross_entropy():
+  """Three classes: every example reaches its target (the next class; the last one is there
+  already and costs one query), and `loss` is minus the target's cross-entropy."""
+  w = jax.random.normal(jax.random.key(5), (128, 3))
+  three = lambda images: (images.reshape(images.shape[0], -1) - 0.5) @ w
+  x, _ = _images('linf')
+  prediction = three(x).argmax(-1)
+  target = ((prediction + 1) % 3).at[-1].set(prediction[-1])
+  res = attacks.square(three, x, target, jax.random.key(1), epsilon=0.1, num_queries=_QUERIES,
+                       targeted=True, chunk_size=0)
+  assert np.all(res.success) and np.array_equal(res.logits.argmax(-1), target)
+  assert res.queries[-1] == 1 and np.all(res.queries[:-1] > 2)
+  np.testing.assert_allclose(res.loss, -optax.softmax_cross_entropy_with_integer_labels(
+      three(res.x_adv), target), rtol=1e-5)
