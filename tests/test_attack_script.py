@@ -51,6 +51,12 @@ def test_every_configured_attack_is_reported_for_every_model(attacked):
   assert os.path.getsize(out['figure']) > 0
 
 
+def _over(statistic, values):
+  """`statistic` of `values` as the results report it (NaN over an empty selection), for
+  pytest to compare: NaN equals NaN, and a number never equals NaN."""
+  return pytest.approx(float(statistic(values)) if values.size else float('nan'), nan_ok=True)
+
+
 def test_examples_hold_per_example_results_and_the_first_adversarial_images(attacked):
   workdir, config, results = attacked
   with np.load(attack_study.paths(workdir, config.name)['examples']) as f:
@@ -63,11 +69,12 @@ def test_examples_hold_per_example_results_and_the_first_adversarial_images(atta
     assert success.shape == (2, config.num_images)
     np.testing.assert_array_equal(stored[f'{name}.counted_success'], success & correct)
     for k in range(2):
-      assert success[k][correct[k]].mean() == pytest.approx(per_model['success_rate_any'][k])
-      assert stored[f'{name}.restart_success'][k][correct[k]].mean() == pytest.approx(
-          per_model['success_rate'][k])
-      assert np.median(stored[f'{name}.l2'][k][success[k] & correct[k]]) == pytest.approx(
-          per_model['l2_median'][k])
+      assert per_model['success_rate_any'][k] == _over(np.mean, success[k][correct[k]])
+      assert per_model['success_rate'][k] == _over(
+          np.mean, stored[f'{name}.restart_success'][k][correct[k]])
+      # Which images an attack breaks depends on the CPU's float rounding: the set can be empty.
+      assert per_model['l2_median'][k] == _over(
+          np.median, stored[f'{name}.l2'][k][success[k] & correct[k]])
     x_adv = stored[f'{name}.x_adv']
     assert x_adv.shape == (2, config.num_examples, 28, 28, 1)
     np.testing.assert_allclose(np.sqrt(((x_adv - x) ** 2).sum((2, 3, 4))),
