@@ -222,7 +222,8 @@ def square(logits_fn, x, y, key, *, norm='linf', epsilon, num_queries=5000, p_in
     num_queries: iterations per restart, one query each (the reference's n_queries); with the
       start and the clean check an example never broken costs 1 + restarts * (num_queries + 1).
     p_init: the window's initial fraction of the image (0.8 in the paper and AutoAttack).
-    restarts: further runs from fresh random numbers on the examples still robust.
+    restarts: runs one after another, each from fresh random numbers on the examples that
+      are still robust.
     early_exit: leave the loop once every example has succeeded (the same result).
     chunk_size: images per classifier call (see `pgd.resolve_chunk_size`).
 
