@@ -157,7 +157,7 @@ def check_finite(config):
   such as `value <= 0` let NaN through, and the run would fail only after its work."""
   for name, value in _numbers(config, 'config'):
     if not math.isfinite(value):
-      raise UserError(f'{name} is {value}, not a finite number; set it to a number')
+      raise UserError(f'{name} is {value}, not a finite number; set it to a finite number')
 
 
 def run(main):
