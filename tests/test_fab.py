@@ -237,8 +237,12 @@ def test_fab_t_reaches_its_targets_boundaries():
 def test_registry_builds_fab():
   minimal, y = _minimal(multi, _W, 'l1')
   spec = {'attack': 'fab', 'norm': 'l1', 'num_steps': 100}
-  res = attacks.build(spec)(multi, {'image': jnp.asarray(_X), 'label': y}, jax.random.key(0))
+  attack = attacks.build(spec)
+  res = attack(multi, {'image': jnp.asarray(_X), 'label': y}, jax.random.key(0))
   assert np.all(res.success) and np.all(np.asarray(res.distance) <= minimal * 1.01)
+  cache = attacks.fab._cache_size()
+  attack(multi, {'image': jnp.asarray(1.0 - _X), 'label': y}, jax.random.key(1))
+  assert attacks.fab._cache_size() == cache  # a new batch: no retrace
   attacks.validate({'attack': 'fab', 'norm': 'linf', 'epsilon': 0.1, 'restarts': 2})
   with pytest.raises(UserError, match='num_targets'):
     attacks.validate({'attack': 'fab', 'num_targets': 3})
