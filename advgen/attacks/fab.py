@@ -220,4 +220,5 @@ def fab(logits_fn, x, y, key, *, norm='linf', epsilon=None, num_steps=100, resta
   logits = jnp.where(success[:, None], best.logits, clean)
   restart_success = jnp.any(record.reshape(-1, restarts, batch), axis=0).T
   return result.build(x_adv=x_adv, v=x_adv, reference=x, distance=size(x_adv - x),
-                      success=success, logits=logits, loss=-losses.margin(logits, y), restart_success=restart_success)
+                      success=success, logits=logits, loss=-losses.margin(logits, y),
+                      restart_success=restart_success)
