@@ -29,6 +29,7 @@ def test_certified_radii_never_exceed_the_confirmed_found_ones(tiny):
   per_example = {k: np.asarray(v, np.float64) for k, v in entry['per_example'].items()}
   assert per_example['certified'].shape == (config.sandwich.num_samples,)
   certified = per_example['prediction'] != -1
+  assert certified.sum() >= 3  # the check has certificates to break
   exceptions = np.flatnonzero(certified & (per_example['certified'] > per_example['found_smoothed']))
   assert entry['findings']['exceptions'] == exceptions.tolist() == []  # alpha = 0.001: about none
   assert entry['findings']['certified_le_found'] == 1.0

@@ -121,6 +121,20 @@ def test_augmentation_transforms_images_and_keeps_labels():
   np.testing.assert_array_equal(batch['label'], y)
 
 
+def test_augmentation_samples_around_the_identity_within_its_radius(fonts_batch):
+  """Stutz et al. augment with transformations near the identity, not from the dataset's full
+  ranges: a vanishing radius leaves each image as it is, a small radius moves it less than a
+  large one."""
+  _, batch = fonts_batch
+
+  def moved(radius):
+    out = variant('augmentation', radius=radius).transform(None, batch, jax.random.key(2))
+    return float(np.abs(np.asarray(out['image']) - np.asarray(batch['image'])).mean())
+
+  assert moved(1e-6) < 1e-4  # (radius 0 is refused by validation)
+  assert 0 < 3 * moved(0.02) < moved(0.3)
+
+
 @pytest.mark.parametrize('sigma', [0.12, 0.5])
 def test_gaussian_augmentation_adds_unclipped_noise_of_the_configured_sigma(sigma):
   x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))

@@ -10,6 +10,8 @@ serves regular, on-manifold and transformation attacks. `get(name)` selects an a
 """
 
 from advgen.attacks.apgd import apgd
+from advgen.attacks.autoattack import AutoAttackResult, autoattack
+from advgen.attacks.autoattack import checks as autoattack_checks
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fab import fab
@@ -25,8 +27,9 @@ from advgen.attacks.square import SquareResult, square
 from advgen.attacks.threat import STARTS, L1Ball, L2Ball, LatentBall, LinfBall, TransformBall
 
 __all__ = [
-    'ATTACKS', 'AttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball', 'LatentBall',
-    'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'apgd', 'build', 'carlini_wagner_l2',
+    'ATTACKS', 'AttackResult', 'AutoAttackResult', 'HopSkipJumpResult', 'L1Ball', 'L2Ball',
+    'LatentBall', 'LatentSpace', 'LinfBall', 'STARTS', 'TransformBall', 'apgd', 'autoattack',
+    'autoattack_checks', 'build', 'carlini_wagner_l2',
     'deepfool', 'fab', 'fgsm', 'hopskipjump', 'learned_manifold', 'margin', 'needs_manifold', 'pgd',
     'settings', 'square', 'SquareResult', 'sweep', 'true_manifold', 'validate'
 ]

@@ -38,6 +38,7 @@ _TINY = 1e-12  # the reference code's guard of normalizations
 # L1 (reference code): checkpoint period, step shrink factor and smallest step (per epsilon),
 # the sparsity gain that resets the step, the first step's density.
 _L1_PERIOD, _L1_SHRINK, _L1_MIN_STEP, _L1_SPARSER, _L1_DENSITY = 0.04, 1.5, 0.1, 0.95, 0.2
+_EOT_STREAM = 1 << 20  # fold_in of a restart key that gives the draws of a randomized model
 
 
 def checkpoints(num_steps, step_rule='sign'):
@@ -188,24 +189,41 @@ def _schedule(num_steps, step_rule):
   return jnp.asarray(is_check), jnp.asarray(period)
 
 
+def _expectation(logits_fn, eot_iter, key, **settings):
+  """`(v, i) -> _evaluator's outputs` at step `i`: for a randomized `logits_fn(images, key)`, the
+  objective, logits and gradient averaged over `eot_iter` draws (expectation over
+  transformation, Athalye et al. 2018), fresh draws at every step; None: one deterministic call."""
+  if eot_iter is None:
+    evaluate = _evaluator(logits_fn, **settings)
+    return lambda v, i: evaluate(v)
+
+  def evaluate(v, i):
+    draw = lambda k: _evaluator(lambda images: logits_fn(images, k), **settings)(v)
+    draws = jax.lax.map(draw, jax.random.split(jax.random.fold_in(key, i), eot_iter))
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0), draws)
+
+  return evaluate
+
+
 def _run(keys, target, done, *, logits_fn, threat, y, num_steps, loss, rho, early_exit,
-         chunk_size):
+         chunk_size, eot_iter):
   """All restarts (one per key) stacked on axis 0; returns each one's kept iterate (R, B, ...).
 
   `done` (B,) marks examples whose result is already fixed (an earlier target succeeded): the
   step loop exits once every other example has succeeded in every restart.
   """
-  evaluate = _evaluator(logits_fn, threat, y, loss=loss, targeted=False, kappa=0.0,
-                            chunk_size=chunk_size, target=target)
+  evaluate = _expectation(logits_fn, eot_iter, jax.random.fold_in(keys[0], _EOT_STREAM),
+                          threat=threat, y=y, loss=loss, targeted=False, kappa=0.0,
+                          chunk_size=chunk_size, target=target)
   v0 = jax.vmap(lambda k: _start(threat, k))(keys)
-  value, logits, grad = evaluate(v0)  # the gradient of -objective (optax's sign)
+  value, logits, grad = evaluate(v0, 0)  # the gradient of -objective (optax's sign)
   state = jax.vmap(lambda *a: _initial(threat, *a, y))(v0, value, logits, -grad)
   schedule = _schedule(num_steps, threat.step_rule)
 
   def step(carry):
     i, state = carry
     v = jax.vmap(lambda s: _propose(threat, s, i))(state)
-    value, logits, grad = evaluate(v)
+    value, logits, grad = evaluate(v, i + 1)
     update = functools.partial(_update, threat, y, schedule, rho, i)
     return i + 1, jax.vmap(update)(state, v, value, logits, -grad)
 
@@ -221,9 +239,10 @@ def _run(keys, target, done, *, logits_fn, threat, y, num_steps, loss, rho, earl
 
 
 @functools.partial(jax.jit, static_argnames=('logits_fn', 'num_steps', 'restarts', 'loss',
-                                             'num_targets', 'early_exit', 'chunk_size'))
+                                             'num_targets', 'early_exit', 'chunk_size',
+                                             'eot_iter'))
 def apgd(logits_fn, threat, y, key, *, num_steps=100, restarts=1, loss='ce', num_targets=9,
-         rho=0.75, early_exit=True, chunk_size=None):
+         rho=0.75, early_exit=True, chunk_size=None, eot_iter=None):
   """Auto-PGD of `loss` inside `threat` (see the module docstring for the step rules).
 
   Args:
@@ -245,6 +264,9 @@ def apgd(logits_fn, threat, y, key, *, num_steps=100, restarts=1, loss='ce', num
     early_exit: leave the step loop once every example of every restart has succeeded (the
       same result, fewer steps); False runs every step.
     chunk_size: images per classifier call, as in `pgd` (None: CPU_CHUNK_SIZE on CPU).
+    eot_iter: None: `logits_fn(images)` is deterministic. A number: `logits_fn(images, key)` is a
+      randomized model (a fresh draw per key), and every evaluation averages the objective, its
+      gradient and the logits over eot_iter draws (AutoAttack's `rand` version: 20).
 
   Returns:
     AttackResult: per example its first successful iterate (the start counts), else its
@@ -253,17 +275,18 @@ def apgd(logits_fn, threat, y, key, *, num_steps=100, restarts=1, loss='ce', num
   """
   if loss not in LOSSES:
     raise UserError(f'unknown APGD loss {loss!r}; choose one of {", ".join(LOSSES)}')
-  if num_steps < 1 or restarts < 1:
-    raise UserError(f'apgd needs num_steps >= 1 and restarts >= 1, got {num_steps} and '
-                    f'{restarts}')
+  if num_steps < 1 or restarts < 1 or (eot_iter is not None and eot_iter < 1):
+    raise UserError(f'apgd needs num_steps, restarts and eot_iter >= 1, got {num_steps}, '
+                    f'{restarts} and {eot_iter}')
   run = functools.partial(_run, logits_fn=logits_fn, threat=threat, y=y, num_steps=num_steps,
-                          loss=loss, rho=rho, early_exit=early_exit, chunk_size=chunk_size)
+                          loss=loss, rho=rho, early_exit=early_exit, chunk_size=chunk_size,
+                          eot_iter=eot_iter)
   if loss != 'dlr_targeted':
     runs = run(jax.random.split(key, restarts), None, jnp.zeros(y.shape, bool))
     best, restart_success = _pick_restart(threat, runs), runs.success.T
   else:
-    clean = chunked(logits_fn, resolve_chunk_size(chunk_size),
-                        threat.to_input(threat.init()))
+    model = logits_fn if eot_iter is None else lambda images: logits_fn(images, key)
+    clean = chunked(model, resolve_chunk_size(chunk_size), threat.to_input(threat.init()))
     if not 1 <= num_targets <= clean.shape[-1] - 1:
       raise UserError(f'num_targets must be in [1, classes - 1 = {clean.shape[-1] - 1}], got '
                       f'{num_targets}')

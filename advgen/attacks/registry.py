@@ -8,7 +8,8 @@ arguments plus the radius `epsilon` where there is one; `step_rule: 'adam'` with
 is Stutz et al.'s Adam on the perturbation; `start: 'uniform' | 'gaussian_linf'` picks the random
 start of L-inf attacks (`threat.STARTS`; 'gaussian_linf' is Stutz et al.'s); `norm: 'linf' |
 'l2' | 'l1'` picks the ball of the APGD entries (`apgd_ce`, `apgd_dlr`, `apgd_t`) and the norm
-FAB minimizes (`fab`, `fab_t`: without `epsilon` a minimal attack). `validate(spec)` checks an
+FAB minimizes (`fab`, `fab_t`: without `epsilon` a minimal attack) and the ball of `autoattack`
+(with its `version`). `validate(spec)` checks an
 entry without running it; `settings(spec)` is the entry with the defaults a result should record
 (the start used).
 """
@@ -27,6 +28,7 @@ from advgen import transforms
 from advgen.models import class_models
 from advgen.attacks import threat as threats
 from advgen.attacks.apgd import apgd
+from advgen.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS, autoattack
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fab import fab
@@ -138,6 +140,7 @@ ATTACKS = {
     'apgd_t': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr_targeted'),)),
     'fab': _Entry(fab, needs_key=True, fixed=(('targeted', False),), omit=('num_targets',)),
     'fab_t': _Entry(fab, needs_key=True, fixed=(('targeted', True),)),
+    'autoattack': _Entry(autoattack, needs_key=True, omit=('randomized',)),
 }
 
 # Settings of the engines that the pipeline supplies itself.
@@ -195,6 +198,9 @@ def validate(spec, where='attack'):
   if 'norm' in settings and settings['norm'] not in NORMS:
     raise UserError(f'{where} {name!r}: unknown norm {settings["norm"]!r}'
                     f'{_closest(str(settings["norm"]), NORMS)}; choose one of {", ".join(NORMS)}')
+  if name == 'autoattack' and settings.get('version', 'standard') not in AUTOATTACK_VERSIONS:
+    raise UserError(f'{where} {name!r}: unknown version {settings["version"]!r}; choose one of '
+                    f'{", ".join(AUTOATTACK_VERSIONS)}')
   if settings.get('step_rule') == 'adam' and 'step_size' not in settings:
     raise UserError(f'{where} {name!r}: step_rule adam needs a step_size (its learning rate)')
   if 'start' in settings and settings['start'] not in threats.STARTS:
@@ -215,8 +221,10 @@ def settings(spec):
   extra = ATTACKS[validate(spec)].extra
   if 'start' in extra:
     out.setdefault('start', 'uniform')
-  if 'norm' in extra:
+  if 'norm' in extra or out['attack'] == 'autoattack':
     out.setdefault('norm', 'linf')
+  if out['attack'] == 'autoattack':
+    out.setdefault('version', 'standard')
   return out
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from advgen import attacks, evaluate, manifold, results as results_lib
 from advgen.attacks import norms
+from advgen.attacks.autoattack import AutoAttackResult, checks as autoattack_checks, stage_accuracy
 from advgen.errors import UserError
 from advgen.models import class_models, stacked
 from advgen.progress import Progress
@@ -247,6 +248,8 @@ def run(config, workdir):
   for index, label in enumerate(sorted(built)):
     learned = attacks.needs_manifold(config.attacks[label]) == 'learned'
     attack_key = jax.random.fold_in(key, index)
+    checked = (_autoattack_checks(config.attacks[label], x, y, module, variables, attack_key)
+               if config.attacks[label]['attack'] == 'autoattack' else None)
     if learned:
       result = _attack_by_class(config.attacks[label], test, variables, module, generator,
                                 attack_key, config.batch_size, f'attack {label}')
@@ -256,6 +259,9 @@ def run(config, workdir):
     counted = counted_codes if learned else None
     per_model = [evaluate.summarize(stacked.select(result, k), y, clean_logits[k], counted)
                  for k in range(num_models)]
+    if isinstance(result, AutoAttackResult):  # robust accuracy after each stage
+      per_model = [{**p, **stage_accuracy(stacked.select(result, k))}
+                   for k, p in enumerate(per_model)]
     masks = np.stack([evaluate.counted_successes(stacked.select(result, k), y, clean_logits[k],
                                                  counted) for k in range(num_models)])
     distance_key = jax.random.fold_in(key, _DISTANCE_KEY + index)
@@ -269,6 +275,8 @@ def run(config, workdir):
     results['attacks'][label] = {
         'settings': attacks.settings(config.attacks[label]), **results_lib.summarize(metrics),
         'transfer': _transfer(result, masks, clean_correct, y, module, variables)}
+    if checked is not None:
+      results['attacks'][label]['warnings'] = checked
     arrays.update(_example_arrays(label, result, masks, counted, extra_arrays,
                                   config.num_examples))
     examples[label] = np.asarray(result.x_adv[0])
@@ -277,6 +285,16 @@ def run(config, workdir):
   workdir_lib.write_arrays(out['examples'], **arrays)
   _figure(x, examples, out['figure'])
   return results
+
+
+def _autoattack_checks(spec, x, y, module, variables, key):
+  """AutoAttack's sanity checks (`attacks.autoattack_checks`) on each model, before attacking:
+  per model the list of warnings."""
+  settings = {k: v for k, v in dict(spec).items() if k in ('norm', 'version', 'attacks_to_run')}
+  apply = jax.jit(lambda v, inputs: module.apply(v, inputs, train=False))
+  return [autoattack_checks(functools.partial(apply, stacked.select(variables, k)), x, y,
+                            jax.random.fold_in(key, k), **settings)
+          for k in range(stacked.count(variables))]
 
 
 def _learned_summary(config, dataset, generator, x, y, key, counted_codes):
