@@ -35,7 +35,8 @@ def test_error(logits, y):
 
 def success_rate(result, clean_correct, counted=None):
   """Success on correctly classified inputs (Stutz et al.): the per-restart average (the paper's
-  definition), the any-restart rate and the number of inputs attacked.
+  definition), the any-restart rate and the number of inputs attacked; and the robust accuracy
+  (RobustBench's measure): the share of all inputs correct and unbroken by every restart.
 
   `counted` (N,) bool restricts successes to the inputs that may count (Stutz's on-learned-manifold
   attack: test codes with ||z||_inf <= 2); the others stay in the denominator as failures, and
@@ -48,11 +49,13 @@ def success_rate(result, clean_correct, counted=None):
     counted = np.asarray(counted, bool)
     per_restart = per_restart & counted[:, None]
     out['num_counted'] = float((counted & clean_correct).sum())
+  robust = clean_correct & ~per_restart.any(axis=-1)
   per_restart = per_restart[clean_correct]
   return {
       'success_rate': _mean(per_restart),
       'success_rate_any': _mean(per_restart.any(axis=-1)),
       'num_attacked': float(clean_correct.sum()),
+      'robust_accuracy': _mean(robust),
       **out,
   }
 

@@ -28,6 +28,7 @@ def test_success_rates_count_correct_inputs_per_restart_and_any_restart():
   assert summary['num_attacked'] == 3.0
   assert summary['success_rate'] == 0.5  # (1 + 0 + 2) / 6
   assert math.isclose(summary['success_rate_any'], 2 / 3)
+  assert summary['robust_accuracy'] == 0.25  # correct, and no restart broke it: the second only
   assert math.isclose(summary['linf_mean'], 0.15) and math.isclose(summary['linf_median'], 0.15)
   assert math.isclose(summary['l2_mean'], 1.5) and math.isclose(summary['distance_median'], 0.6)
   assert all(isinstance(v, float) for v in summary.values())

@@ -54,6 +54,12 @@ def test_results_hold_the_table_the_bounds_and_every_estimate(tiny):
       assert np.mean(values <= row['quantile']) >= config.p
     r_in = np.asarray(entry['per_example']['r_in'])
     assert np.all(r_in <= np.asarray(entry['per_example']['r_in_deepfool']))
+    unc = {f: np.asarray(entry['per_example'][f], np.float64)
+           for f in ('r_unc', 'r_unc_deepfool', 'r_unc_pgd', 'r_unc_fab')}
+    np.testing.assert_array_equal(unc['r_unc'], np.minimum(np.minimum(
+        unc['r_unc_deepfool'], unc['r_unc_pgd']), unc['r_unc_fab']))
+    smaller = unc['r_unc_fab'] < np.minimum(unc['r_unc_deepfool'], unc['r_unc_pgd'])
+    assert entry['fab']['fraction_smaller'] == pytest.approx(np.mean(smaller))
   for key in results['bound']:
     assert results['bound'][key] == max(results['classifiers'][n]['bound'][key]['normalized']
                                         for n in names)
@@ -64,8 +70,12 @@ def test_report_table_and_figures_are_written(tiny):
   workdir, _, results = tiny
   table = open(os.path.join(workdir, experiment.TABLE)).read()
   assert table == results['table']
-  lines = table.split('\n## ')[0].strip().splitlines()  # the sandwich's section follows
+  fawzi, fab_line = table.split('\n## ')[0].strip().split('\n\n')  # the sandwich's section follows
+  lines = fawzi.splitlines()
   assert len(lines) == 2 + 3 + 1  # header, rule, three robustness rows, error rates
+  gain = results['classifiers']['mlp_0']['fab']
+  assert fab_line.startswith('r_unc with FAB-L2') and (
+      f'mlp_0 {100 * gain["fraction_smaller"]:.1f}%') in fab_line
   assert 'mlp_0' in lines[0] and 'upper bound' in lines[0]
   assert lines[-1].startswith('| Error rate')
   for figure in (experiment.CDF_FIGURE, experiment.FIGURE2, experiment.EXAMPLES):
@@ -112,6 +122,7 @@ def test_script_refuses_a_finished_workdir_with_one_line(tiny):
     ({'generator.num_epochs': -1}, 'num_epochs must be a positive integer'),
     ({'classifiers.mlp.variant.name': 'magic'}, 'unknown training variant'),
     ({'refine_steps': 0}, 'refine_steps must be a positive integer'),
+    ({'fab.num_steps': -1}, r'fab.num_steps must be an integer >= 0'),
 ])
 def test_every_setting_is_checked_before_any_work(tmp_path, overrides, message):
   """Late settings (the modulus, after training the generator) and the sub-runs' configs fail

@@ -164,7 +164,8 @@ def test_image_estimates_are_adversarial_and_ordered_on_a_toy_generator():
   np.testing.assert_allclose(np.linalg.norm((res.x_in - x).reshape(64, -1), axis=1)[found],
                              np.asarray(res.r_in)[found], rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(res.r_in, np.minimum(res.r_in_deepfool, res.r_in_search))
-  np.testing.assert_array_equal(res.r_unc, np.minimum(res.r_unc_deepfool, res.r_unc_pgd))
+  np.testing.assert_array_equal(res.r_unc, np.minimum(np.minimum(res.r_unc_deepfool,
+                                                               res.r_unc_pgd), res.r_unc_fab))
   # The latent search starts at DeepFool's point and keeps it unless it finds a closer one.
   assert np.all(res.r_in_search[found] <= res.r_in_deepfool[found] * (1 + 1e-5))
   # Theory: r_unc <= r_in (true minima); the attacks are upper estimates, so allow a little.
@@ -173,8 +174,8 @@ def test_image_estimates_are_adversarial_and_ordered_on_a_toy_generator():
 
 
 def test_unconstrained_robustness_is_exact_for_a_linear_classifier():
-  """Distance |w.x + b| / ||w|| inside the box: DeepFool refined on its segment and the PGD
-  bisection both find it (never below it, the bisection within its resolution)."""
+  """Distance |w.x + b| / ||w|| inside the box: DeepFool refined on its segment, the PGD
+  bisection and FAB-L2 all find it (never below it, the bisection within its resolution)."""
   rng = _rng(8)
   w = jnp.asarray(rng.standard_normal(PIXELS), jnp.float32)
   x = jnp.asarray(rng.uniform(0.45, 0.55, (32,) + IMAGE_SHAPE), jnp.float32)
@@ -184,13 +185,41 @@ def test_unconstrained_robustness_is_exact_for_a_linear_classifier():
   exact = np.abs(np.asarray(score(x))) / np.linalg.norm(w)
   keep = exact < 0.05  # the boundary is reached without touching the box
   y = jnp.argmax(logits_fn(x), -1)
-  r_unc, r_df, r_pgd, x_unc = empirical.unconstrained_robustness(
-      logits_fn, x, y, jax.random.key(0), pgd_steps=20, bisection_steps=10)
+  r_unc, r_df, r_pgd, r_fab, x_unc = empirical.unconstrained_robustness(
+      logits_fn, x, y, jax.random.key(0), pgd_steps=20, bisection_steps=10, fab_steps=10)
   assert keep.sum() > 10
   np.testing.assert_allclose(np.asarray(r_df)[keep], exact[keep], rtol=1e-4, atol=1e-6)
   assert np.all(np.asarray(r_pgd)[keep] >= exact[keep] * (1 - 1e-4) - 1e-6)
   assert np.all(np.asarray(r_pgd)[keep] <= exact[keep] * 1.05 + 1e-6)
-  np.testing.assert_array_equal(r_unc, np.minimum(r_df, r_pgd))
+  assert np.all(np.asarray(r_fab)[keep] >= exact[keep] * (1 - 1e-4) - 1e-6)
+  assert np.all(np.asarray(r_fab)[keep] <= exact[keep] * 1.01 + 1e-6)
+  np.testing.assert_array_equal(r_unc, np.minimum(np.minimum(r_df, r_pgd), r_fab))
+  chosen = np.linalg.norm(np.asarray(x_unc - x).reshape(32, -1), axis=1)
+  np.testing.assert_allclose(chosen, r_unc, rtol=1e-4, atol=1e-6)  # the image of the smallest
+
+
+def test_unconstrained_robustness_keeps_fab_where_deepfool_and_pgd_fall_short():
+  """A score s + 3 s^3 (s = 4 (w.x + b), ||w|| = 1) has its boundary at distance |s| / 4, but one
+  DeepFool step undershoots it (fails) and a one-step PGD bisection overshoots it: FAB-L2 finds
+  it, and r_unc and x_unc are FAB's."""
+  rng = _rng(10)
+  w = rng.standard_normal(PIXELS)
+  w = jnp.asarray(w / np.linalg.norm(w), jnp.float32)
+  x = jnp.asarray(rng.uniform(0.3, 0.7, (32,) + IMAGE_SHAPE), jnp.float32)
+  bias = float(jnp.median(x.reshape(32, -1) @ w))
+  s = lambda v: 4 * (v.reshape(v.shape[0], -1) @ w - bias)
+  logits_fn = lambda v: jnp.stack([jnp.zeros(v.shape[0]), s(v) + 3 * s(v) ** 3], -1)
+  exact = np.abs(np.asarray(s(x))) / 4
+  keep = (exact > 0.05) & (exact < 0.15)
+  y = jnp.argmax(logits_fn(x), -1)
+  r_unc, r_df, r_pgd, r_fab, x_unc = map(np.asarray, empirical.unconstrained_robustness(
+      logits_fn, x, y, jax.random.key(1), max_iter=1, pgd_steps=5, bisection_steps=1,
+      fab_steps=20))
+  assert keep.sum() > 5 and np.all(np.isinf(r_df[keep])) and np.all(r_pgd[keep] > 1.2 * exact[keep])
+  np.testing.assert_allclose(r_fab[keep], exact[keep], rtol=0.01)
+  np.testing.assert_array_equal(r_unc[keep], r_fab[keep])
+  moved = np.linalg.norm((x_unc - np.asarray(x)).reshape(32, -1), axis=1)
+  np.testing.assert_allclose(moved[keep], r_fab[keep], rtol=1e-4)
 
 
 def test_deepfool_without_a_box_is_exact_outside_the_unit_box():

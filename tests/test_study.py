@@ -189,6 +189,27 @@ def test_findings_are_computed_from_the_numbers():
   assert 'lowers test error at N = 250 (0.200 against 0.300)' in lines[3]
 
 
+def test_autoattack_is_set_against_stutz_pgd_per_cell():
+  def cell(variant, n, pgd, autoattack):
+    mean = {'test_error': 0.1, 'pgd_linf/robust_accuracy': pgd}
+    if autoattack is not None:
+      mean['autoattack/robust_accuracy'] = autoattack
+    return {'variant': variant, 'num_train': n, 'mean': mean, 'std': {k: 0.01 for k in mean},
+            'per_model': {k: [v] for k, v in mean.items()}}
+  cells = [cell('normal', 250, 0.0, 0.0), cell('adversarial', 250, 0.6, 0.2),
+           cell('adversarial', 1000, 0.7, 0.65), cell('normal', 1000, 0.1, None)]
+  line = [l for l in report.findings(cells) if l.startswith('autoattack')]
+  assert line == ['autoattack finds a lower robust accuracy than pgd_linf in 2 of 3 cells, by up '
+                  'to 0.400 (adversarial N = 250: 0.200 against 0.600).']
+  table = report.robustness_comparison(cells)
+  assert '| 250 | 0.000 ± 0.010 / 0.000 ± 0.010 | 0.600 ± 0.010 / 0.200 ± 0.010 |' in table
+  assert '| 1000 | 0.100 ± 0.010 / – | 0.700 ± 0.010 / 0.650 ± 0.010 |' in table
+  higher = report.findings([cell('adversarial', 250, 0.5, 0.55)])
+  assert ('autoattack finds no lower robust accuracy than pgd_linf in any of 1 cells; a higher '
+          'one at adversarial N = 250 (0.550 against 0.500).') in higher
+  assert report.robustness_comparison([cell('normal', 250, 0.1, None)]) == ''
+
+
 def test_the_study_runs_on_a_tfds_dataset_with_learned_manifolds(tmp_path):
   """configs/studies/stutz_tfds.py on mock Fashion-MNIST: generators, an on-learned-manifold
   cell, the report."""

@@ -15,7 +15,9 @@ are no larger):
   per-example binary search over c; every iterate that changes the label is a candidate.
 - r_unc, unconstrained: the smallest ||delta||_2 with f(x + delta) != y, x + delta in [0, 1].
   DeepFool in image space (refined along its segment), confirmed by a per-example bisection over
-  epsilon with L2 PGD (`r_unc_pgd`, the distance of the closest success); the smaller is kept.
+  epsilon with L2 PGD (`r_unc_pgd`, the distance of the closest success), and FAB's minimal L2
+  perturbation (`r_unc_fab`, Croce & Hein 2020: it does not trust one linearization as DeepFool
+  does); the smallest is kept.
 
 A failed estimate is inf (its true value is unknown, and larger than what was searched). Every
 function is jit-compiled and batched over examples; `logits_fn` and `decode_fn` are static (keep
@@ -40,8 +42,8 @@ class Robustness(Pytree):
   """Per-example robustness estimates (B,) at x = g(z); inf where no adversarial point was found.
 
   y: the prediction at g(z) (the label robustness is measured against). r_z: latent. r_in:
-  in-distribution, the smaller of r_in_deepfool and r_in_search. r_unc: unconstrained, the smaller
-  of r_unc_deepfool and r_unc_pgd. z_adv: the latent point of r_z; x_in: the generated image of
+  in-distribution, the smaller of r_in_deepfool and r_in_search. r_unc: unconstrained, the smallest
+  of r_unc_deepfool, r_unc_pgd and r_unc_fab. z_adv: the latent point of r_z; x_in: the generated image of
   r_in; x_unc: the image of r_unc. image_norm: ||g(z)||_2.
   """
   y: jax.Array
@@ -52,6 +54,7 @@ class Robustness(Pytree):
   r_unc: jax.Array
   r_unc_deepfool: jax.Array
   r_unc_pgd: jax.Array
+  r_unc_fab: jax.Array
   image_norm: jax.Array
   z_adv: jax.Array
   x_in: jax.Array
@@ -161,11 +164,13 @@ def in_distribution_search(logits_fn, decode_fn, z, y, start, *, c_init=1.0,
 
 @functools.partial(jax.jit, static_argnames=('logits_fn', 'max_iter', 'num_classes',
                                              'refine_steps', 'pgd_steps', 'bisection_steps',
-                                             'restarts'))
+                                             'restarts', 'fab_steps', 'fab_restarts'))
 def unconstrained_robustness(logits_fn, x, y, key, *, overshoot=0.02, max_iter=50,
                              num_classes=None, refine_steps=20, pgd_steps=20, bisection_steps=8,
-                             step_scale=2.5, restarts=1, bracket=2.0, max_radius=None):
-  """(r_unc, r_unc_deepfool, r_unc_pgd, adversarial images) for images x (B, H, W, C) in [0, 1].
+                             step_scale=2.5, restarts=1, bracket=2.0, max_radius=None,
+                             fab_steps=100, fab_restarts=1):
+  """(r_unc, r_unc_deepfool, r_unc_pgd, r_unc_fab, adversarial images) for images x (B, H, W, C)
+  in [0, 1].
 
   DeepFool (box [0, 1]) refined along its segment gives r_unc_deepfool. Then a per-example
   bisection over epsilon runs L2 PGD (margin loss, step step_scale * eps / pgd_steps, early stop;
@@ -173,8 +178,9 @@ def unconstrained_robustness(logits_fn, x, y, key, *, overshoot=0.02, max_iter=5
   (low + high) / 2, all examples at their own radius: a success lowers `high` to the
   distance found, a failure raises `low`. It starts from [0, bracket * r_unc_deepfool] (its first
   radius is DeepFool's, so PGD confirms it or not), or [0, max_radius] (default the box diagonal)
-  where DeepFool failed. r_unc_pgd is the closest PGD success (inf if none) and r_unc the smaller
-  of the two; all bisection steps form one program.
+  where DeepFool failed. r_unc_pgd is the closest PGD success (inf if none). r_unc_fab is the
+  smallest L2 perturbation of untargeted FAB (`fab_steps` iterations, `fab_restarts` runs; 0 steps:
+  no FAB, inf). r_unc is the smallest of the three; all of it is one program.
   """
   changed = _changed(logits_fn, y)
   res = attacks.deepfool(logits_fn, x, y, norm='l2', overshoot=overshoot, max_iter=max_iter,
@@ -204,19 +210,29 @@ def unconstrained_robustness(logits_fn, x, y, key, *, overshoot=0.02, max_iter=5
   _, _, r_pgd, x_pgd = jax.lax.fori_loop(0, bisection_steps, bisect, init)
   use_pgd = r_pgd < r_df
   x_unc = jnp.where(norms.expand(use_pgd, x), x_pgd, x_df)
-  return jnp.minimum(r_df, r_pgd), r_df, r_pgd, x_unc
+  r_fab = jnp.full_like(r_df, jnp.inf)
+  if fab_steps:
+    found = attacks.fab(logits_fn, x, y, jax.random.fold_in(key, bisection_steps), norm='l2',
+                        num_steps=fab_steps, restarts=fab_restarts)
+    r_fab = jnp.where(found.success, found.distance, jnp.inf)
+    use_fab = r_fab < jnp.minimum(r_df, r_pgd)
+    x_unc = jnp.where(norms.expand(use_fab, x), found.x_adv, x_unc)
+  return jnp.minimum(jnp.minimum(r_df, r_pgd), r_fab), r_df, r_pgd, r_fab, x_unc
 
 
-def estimate(logits_fn, decode_fn, z, key, *, deepfool=None, search=None, pgd=None,
+def estimate(logits_fn, decode_fn, z, key, *, deepfool=None, search=None, pgd=None, fab=None,
              refine_steps=20):
   """All three robustness estimates at x = g(z) for latents z (B, d); returns a `Robustness`.
 
   `deepfool`: overshoot, max_iter, num_classes (used in latent and image space). `search`: the
   latent search's c_init, binary_search_steps, num_steps, learning_rate. `pgd`: pgd_steps,
-  bisection_steps, step_scale, restarts, bracket, max_radius of the unconstrained bisection. Each
+  bisection_steps, step_scale, restarts, bracket, max_radius of the unconstrained bisection. `fab`:
+  num_steps (0: none) and restarts of its FAB-L2. Each
   part is one jit-compiled program, reused for every batch of the same shape.
   """
   deepfool, search, pgd = dict(deepfool or {}), dict(search or {}), dict(pgd or {})
+  fab = dict(fab or {})
+  fab = {'fab_steps': fab.pop('num_steps', 100), 'fab_restarts': fab.pop('restarts', 1), **fab}
   x = decode_fn(z)
   y, r_z, z_adv = latent_robustness(logits_fn, decode_fn, z, refine_steps=refine_steps, **deepfool)
   x_df = decode_fn(z_adv)
@@ -224,11 +240,11 @@ def estimate(logits_fn, decode_fn, z, key, *, deepfool=None, search=None, pgd=No
   start = jnp.where(jnp.isfinite(r_z)[:, None], z_adv, z)
   r_in_search, z_in = in_distribution_search(logits_fn, decode_fn, z, y, start, **search)
   x_in = jnp.where(norms.expand(r_in_search < r_in_df, x), decode_fn(z_in), x_df)
-  r_unc, r_unc_df, r_unc_pgd, x_unc = unconstrained_robustness(
-      logits_fn, x, y, key, refine_steps=refine_steps, **deepfool, **pgd)
+  r_unc, r_unc_df, r_unc_pgd, r_unc_fab, x_unc = unconstrained_robustness(
+      logits_fn, x, y, key, refine_steps=refine_steps, **deepfool, **pgd, **fab)
   return Robustness(y=y, r_z=r_z, r_in=jnp.minimum(r_in_df, r_in_search), r_in_deepfool=r_in_df,
                     r_in_search=r_in_search, r_unc=r_unc, r_unc_deepfool=r_unc_df,
-                    r_unc_pgd=r_unc_pgd, image_norm=norms.l2(x), z_adv=z_adv, x_in=x_in,
+                    r_unc_pgd=r_unc_pgd, r_unc_fab=r_unc_fab, image_norm=norms.l2(x), z_adv=z_adv, x_in=x_in,
                     x_unc=x_unc)
 
 

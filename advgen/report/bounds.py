@@ -50,6 +50,17 @@ def table_markdown(results):
   return '\n'.join(lines) + '\n'
 
 
+def fab_markdown(results):
+  """A line on what FAB-L2 adds to r_unc per classifier ('' for results without FAB)."""
+  gains = {name: entry['fab'] for name, entry in results['classifiers'].items() if 'fab' in entry}
+  if not gains:
+    return ''
+  parts = [f'{name} {100 * g["fraction_smaller"]:.1f}% (median {100 * g["median_decrease"]:.1f}% '
+           'smaller)' for name, g in gains.items()]
+  return ('\nr_unc with FAB-L2: the share of samples where FAB found a smaller perturbation than '
+          'DeepFool and the PGD bisection, and how much smaller: ' + ', '.join(parts) + '.\n')
+
+
 def plot_cdfs(results, path):
   """Empirical CDFs of normalized r_Z, r_in and r_unc per classifier, with the bound's curves
   (dashed, one per classifier) and the level p; a PNG at `path` (Agg canvas, no pyplot state)."""

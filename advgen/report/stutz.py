@@ -3,7 +3,8 @@
 A cell is one (training-set size N, training variant) with K seeds; its summary (`cell.json`,
 written by `advgen.studies.stutz`) holds per-model metrics in the layout of `advgen.results`:
 `test_error` and, per attack, `ATTACK/success_rate` (the per-restart average, Stutz's
-definition), `ATTACK/success_rate_any`, and distance statistics where measured. Fig. 3 and the
+definition), `ATTACK/success_rate_any`, `ATTACK/robust_accuracy` (AutoAttack's also per stage),
+and distance statistics where measured. Fig. 3 and the
 example grids read the per-example arrays of the cell's attack run (`examples.npz`: distances
 to the true manifold, successes, adversarial images). Everything here reads stored numbers
 only, so `--report_only` rebuilds the report in seconds.
@@ -94,7 +95,50 @@ def _on_manifold(cells):
       'on_learned_manifold' if 'on_learned_manifold' in names else names[0])
 
 
-def findings(cells, regular='pgd_linf', on_manifold=None):
+def _paired(cells, regular, strong):
+  """[(cell, regular's, strong's mean robust accuracy)] of the cells where both were measured."""
+  metric = lambda name: f'{name}/robust_accuracy'
+  return [(c, c['mean'][metric(regular)], c['mean'][metric(strong)]) for c in cells
+          if metric(regular) in c['mean'] and metric(strong) in c['mean']]
+
+
+def robustness_comparison(cells, regular='pgd_linf', strong='autoattack'):
+  """Markdown: per cell the robust accuracy (correct and never broken) under `regular` and
+  `strong`, side by side, or '' where no cell measured both."""
+  if not _paired(cells, regular, strong):
+    return ''
+  variants = sorted({c['variant'] for c in cells}, key=_variant_order)
+  lookup = {(c['variant'], c['num_train']): c for c in cells}
+  lines = [f'**Robust accuracy: {regular} / {strong}** (the share of test images classified '
+           'correctly and never broken, mean ± std over the seeds)', '',
+           '| N | ' + ' | '.join(variants) + ' |', '|---|' + '---|' * len(variants)]
+  for n in sorted({c['num_train'] for c in cells}):
+    lines.append(f'| {n} | ' + ' | '.join(
+        ' / '.join(_cell_text(lookup.get((v, n)), f'{name}/robust_accuracy')
+                   for name in (regular, strong)) for v in variants) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _strong_finding(cells, regular, strong):
+  """How much lower the robust accuracy under `strong` is than under `regular`, over the cells
+  that measured both (None if none did)."""
+  pairs = _paired(cells, regular, strong)
+  if not pairs:
+    return None
+  gaps = [r - s for _, r, s in pairs]
+  worst = int(np.argmax(gaps))
+  cell, r, s = pairs[worst]
+  lower = sum(g > 0 for g in gaps)
+  higher = [f'{c["variant"]} N = {c["num_train"]:g} ({b:.3f} against {a:.3f})'
+            for c, a, b in pairs if b > a]
+  text = (f'{strong} finds a lower robust accuracy than {regular} in {lower} of {len(pairs)} '
+          f'cells, by up to {gaps[worst]:.3f} ({cell["variant"]} N = {cell["num_train"]:g}: '
+          f'{s:.3f} against {r:.3f})' if lower else
+          f'{strong} finds no lower robust accuracy than {regular} in any of {len(pairs)} cells')
+  return text + (f'; a higher one at {", ".join(higher)}.' if higher else '.')
+
+
+def findings(cells, regular='pgd_linf', on_manifold=None, strong='autoattack'):
   """The paper's qualitative claims, each checked against the numbers (it says so if one fails
   or cannot be checked)."""
   on_manifold = on_manifold or _on_manifold(cells)
@@ -133,6 +177,9 @@ def findings(cells, regular='pgd_linf', on_manifold=None):
           [f'does not lower it at {", ".join(not_lower)}'] if not_lower else [])
       out.append(f'{variant} adversarial training ' + '; '.join(parts) +
                  ' (against normal training).')
+  strong_line = _strong_finding(cells, regular, strong)
+  if strong_line:
+    out.append(strong_line)
   ratio = f'{regular}/manifold_true_ratio_median'
   values = [c['mean'][ratio] for c in cells
             if ratio in c['mean'] and np.isfinite(c['mean'][ratio])]
@@ -199,6 +246,9 @@ def markdown(cells, title, examples=()):
                            '/ ||x_adv - x||_2'), ('validity', 'learned on-manifold validity')):
       if any(f'{name}/{metric}' in c['mean'] for c in cells):
         parts.append(table(cells, f'{name}/{metric}', f'{name}: {label}'))
+  comparison = robustness_comparison(cells)
+  if comparison:
+    parts.append(comparison)
   distances = true_distances(examples)
   if distances:
     parts.append(distance_table(distances))

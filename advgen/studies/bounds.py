@@ -38,7 +38,7 @@ RESULTS = 'results.json'
 TABLE, CDF_FIGURE, FIGURE2 = report.TABLE, report.CDF_FIGURE, report.FIGURE2
 EXAMPLES = os.path.join('figures', 'examples.png')
 PER_EXAMPLE = ('y', 'r_z', 'r_in', 'r_in_deepfool', 'r_in_search', 'r_unc', 'r_unc_deepfool',
-               'r_unc_pgd', 'image_norm')
+               'r_unc_pgd', 'r_unc_fab', 'image_norm')
 
 
 def _frozen(settings):
@@ -83,6 +83,11 @@ def validate(config):
   for field in ('num_samples', 'num_prob_samples', 'batch_size', 'refine_steps'):
     if not isinstance(config[field], int) or config[field] < 1:
       raise UserError(f'config.{field} must be a positive integer, got {config[field]!r}')
+  if not isinstance(config.fab.num_steps, int) or config.fab.num_steps < 0:
+    raise UserError(f'config.fab.num_steps must be an integer >= 0 (0: no FAB), got '
+                    f'{config.fab.num_steps!r}')
+  if not isinstance(config.fab.restarts, int) or config.fab.restarts < 1:
+    raise UserError(f'config.fab.restarts must be a positive integer, got {config.fab.restarts!r}')
   if not 0 < config.modulus.quantile <= 1:
     raise UserError(f'config.modulus.quantile must be in (0, 1], got {config.modulus.quantile}')
   if not config.modulus.radii or min(config.modulus.radii) <= 0:
@@ -138,9 +143,10 @@ def _summarize(estimates, test_error, probs, p, norms, omega, failure_prob, work
   for key, _, field, norm in report.ROWS:
     entry['bound'][key] = {'radius': bounds[key], 'normalized': bounds[key] / norms[norm]}
     entry['empirical'][key] = _row_stats(estimates[field], p, norms[norm], bounds[key])
-  for field in ('r_in_deepfool', 'r_in_search', 'r_unc_deepfool', 'r_unc_pgd'):
+  for field in ('r_in_deepfool', 'r_in_search', 'r_unc_deepfool', 'r_unc_pgd', 'r_unc_fab'):
     q = empirical.quantile(estimates[field], p)
     entry['parts'][field] = {'quantile': q, 'normalized': q / norms['expected_image_norm']}
+  entry['fab'] = _fab_gain(estimates)
   entry['fraction_unc_le_in'] = float(np.mean(estimates['r_unc'] <= estimates['r_in']))
   entry['bound_curve'] = {}
   for key, _, _, norm in report.ROWS:
@@ -150,6 +156,16 @@ def _summarize(estimates, test_error, probs, p, norms, omega, failure_prob, work
                                  'probability': probability.tolist()}
   entry['per_example'] = {k: np.asarray(estimates[k]).tolist() for k in PER_EXAMPLE}
   return entry
+
+
+def _fab_gain(estimates):
+  """How often FAB-L2 found a smaller r_unc than DeepFool and the PGD bisection, and by how much
+  (the median relative decrease over those samples)."""
+  before = np.minimum(estimates['r_unc_deepfool'], estimates['r_unc_pgd'])
+  smaller = estimates['r_unc_fab'] < before
+  decrease = 1 - estimates['r_unc_fab'][smaller] / before[smaller]  # 1 where only FAB found one
+  return {'fraction_smaller': float(np.mean(smaller)),
+          'median_decrease': float(np.median(decrease)) if decrease.size else 0.0}
 
 
 def run(config, workdir):
@@ -182,6 +198,7 @@ def run(config, workdir):
                                       list(config.modulus.radii), config.modulus.num_points,
                                       config.modulus.num_directions, config.modulus.quantile)
   settings = (('deepfool', _frozen(config.deepfool)), ('pgd', _frozen(config.pgd)),
+              ('fab', _frozen(config.fab)),
               ('refine_steps', int(config.refine_steps)), ('search', _frozen(config.search)))
   results = {'p': float(config.p), 'latent_dim': latent_dim, 'num_samples': config.num_samples,
              'num_prob_samples': config.num_prob_samples,
@@ -264,7 +281,7 @@ def write_report(results, workdir):
 
 def _table(results):
   """report.md: the Fawzi table, then the sandwich's when the study has one."""
-  table = report.table_markdown(results)
+  table = report.table_markdown(results) + report.fab_markdown(results)
   if 'sandwich' in results:
     table += sandwich_report.table_markdown(results['sandwich'],
                                             results['sandwich']['classifier'])

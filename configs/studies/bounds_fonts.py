@@ -77,6 +77,8 @@ def get_config():
   config.search = ml_collections.ConfigDict(dict(c_init=1.0, binary_search_steps=5, num_steps=40,
                                                  learning_rate=0.05))
   config.pgd = ml_collections.ConfigDict(dict(pgd_steps=20, bisection_steps=8, step_scale=2.5))
+  # FAB-L2's minimal perturbation (100 iterations, one run): r_unc is the smallest of the three.
+  config.fab = ml_collections.ConfigDict(dict(num_steps=100, restarts=1))
   config.refine_steps = 20
   # The decoder sees len(radii) * num_points * num_directions latents at once (about 1.5 GB here).
   config.modulus = ml_collections.ConfigDict(dict(

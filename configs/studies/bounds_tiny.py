@@ -44,6 +44,7 @@ def get_config():
   config.deepfool.max_iter = 10
   config.search = dict(c_init=1.0, binary_search_steps=2, num_steps=5, learning_rate=0.05)
   config.pgd = dict(pgd_steps=5, bisection_steps=3, step_scale=2.5)
+  config.fab = dict(num_steps=5, restarts=1)
   config.refine_steps = 8
   config.modulus.num_points = 32
   config.modulus.num_directions = 2

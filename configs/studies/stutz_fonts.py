@@ -44,6 +44,9 @@ def get_config(size=None):
   config.generator.dataset.num_train = max(SIZES)  # the whole training pool
   config.attack = _config('attack_fonts_learned.py')
   config.attack.attacks.pgd_linf = dict(config.attack.attacks.on_true_manifold, attack='pgd_linf')
+  # The field's standard next to Stutz's PGD at the same radius (report: robust accuracy of both).
+  config.attack.attacks.autoattack = dict(attack='autoattack', norm='linf', version='standard',
+                                          epsilon=config.attack.attacks.pgd_linf['epsilon'])
   config.attack.num_images = 1000
   config.attack.distance.methods = ('true',)
   config.launcher = ml_collections.ConfigDict(dict(partition='', gpus_per_node=1,
