@@ -157,6 +157,23 @@ def test_the_knn_experiment_matches_the_knn_classifier(study, restored):
       predicted = knn.knn_predict(x_train[r], y_train[r], x_test[r], k, 10)
       assert part['accuracy']['test'][r][i] == pytest.approx(np.mean(predicted == y_test[r]))
     assert part['accuracy']['fail'][r][0] == 0
+  # The sets are defined at K = Z (the largest K): the fail set is the test images the k-NN gets
+  # wrong there, an attack's set the examples of images right there that it gets wrong there.
+  z = part['ks'][0]
+  at_z = lambda r, images: knn.knn_predict(x_train[r], y_train[r], images, z, 10)
+  right = np.stack([at_z(r, x_test[r]) == y_test[r] for r in range(len(x_test))])
+  sizes = {'fail': (~right).sum(1).tolist()}
+  for name in results['cnn']['attacks']:
+    with np.load(os.path.join(study[0], deniz.ATTACKS, f'{name}.npz')) as f:
+      x_adv = f['x_adv']
+    n = x_adv.shape[1]
+    fooled = np.stack([at_z(r, x_adv[r]) != y_test[r, :n] for r in range(len(x_test))])
+    sizes[name] = (right[:, :n] & fooled).sum(1).tolist()
+  for name, size in sizes.items():
+    assert part['set_size'][name] == size, name
+    sized = np.asarray(size) > 0
+    np.testing.assert_array_equal(np.asarray(part['accuracy'][name])[sized, 0], 0)
+  assert sum(map(sum, sizes.values())) > sum(sizes['fail'])  # some attack's set has members
   for i, step in enumerate(part['steps']):
     accuracy = np.asarray(part['accuracy']['test'])
     np.testing.assert_allclose(part['slope'][step]['per_model']['test'],
