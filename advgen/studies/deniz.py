@@ -79,7 +79,8 @@ def validate(config):
     attacks.validate(spec, where=f'config.attacks.{label}: attack')
     if attacks.needs_manifold(spec):
       raise UserError(f'config.attacks.{label}: on-manifold attacks are not part of this study; '
-                      'use image-space attacks (fgsm, deepfool, cw_l2, hopskipjump, pgd_*)')
+                      'use image-space attacks (fgsm, deepfool, cw_l2, hopskipjump, pgd_*, apgd_*, '
+                      'fab, square)')
   for field, low in (('attack_batch_size', 1), ('attack_images', 0)):
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
