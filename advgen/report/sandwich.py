@@ -9,7 +9,7 @@ import numpy as np
 FIGURE = os.path.join('figures', 'sandwich.png')
 _CURVES = (('certified', 'certified (smoothed, lower bound)'),
            ('found_smoothed', 'found by SmoothAdv (smoothed)'),
-           ('found_base', 'found by DeepFool + PGD (base)'))
+           ('found_base', 'found by DeepFool, PGD, FAB (base)'))
 
 
 def _cell(value):

@@ -6,7 +6,8 @@ generated samples x = g(z) and one base classifier f with its smoothed version g
 - found, smoothed: the smallest L2 radius among `epsilons` where SmoothAdv L2 PGD on the soft
   smoothed classifier (all radii in one vmapped program) finds a point that PREDICT with fresh
   noise gives another class than the certified one: an upper bound on g_sigma's robustness;
-- found, base: the study's r_unc of f (DeepFool and a bisection with L2 PGD);
+- found, base: the study's r_unc of f (the smallest of DeepFool, a bisection with L2 PGD and
+  FAB-L2);
 - Fawzi et al.'s Theorem 1 through the estimated modulus: the bound on the quantiles of the
   robustness of any classifier with the base classifier's class probabilities.
 
