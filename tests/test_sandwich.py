@@ -3,14 +3,18 @@ generated sample (alpha's share aside), the base radii and the bound are the stu
 report.md and figures/sandwich.png show it."""
 
 import os
+import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from advgen import certify
 from advgen.cli import load_config
 from advgen.errors import UserError
 from advgen.report import sandwich as sandwich_report
-from advgen.studies import bounds as experiment
+from advgen.studies import bounds as experiment, sandwich
 from conftest import ROOT, built_once, configured
 
 CONFIG = os.path.join(ROOT, 'configs', 'studies', 'bounds_tiny.py')
@@ -71,3 +75,19 @@ def test_bad_sandwich_settings_fail_before_any_work(overrides, message, tmp_path
   with pytest.raises(UserError, match=message):
     experiment.run(configured(CONFIG, **overrides), str(tmp_path))
   assert not os.path.exists(tmp_path / 'config.json')
+
+
+def test_certificates_in_chunks_are_those_of_one_call():
+  """CERTIFY runs in chunks for its progress lines; per-example keys make the chunks' certificates
+  those of one call over all samples (30 samples: a partial last chunk of 5)."""
+  w = jax.random.normal(jax.random.key(0), (16,))
+  logits_fn = lambda v: jnp.stack([jnp.zeros(v.shape[0]), v.reshape(v.shape[0], -1) @ w], -1)
+  x = jax.random.uniform(jax.random.key(1), (30, 4, 4, 1)) - 0.5
+  settings = types.SimpleNamespace(sigma=0.25, n0=20, n=200, alpha=0.001)
+  steps = []
+  progress = types.SimpleNamespace(advance=lambda: steps.append(1))
+  chunked = sandwich._certify_in_chunks(logits_fn, x, jax.random.key(2), settings, progress)
+  whole = certify.certify(logits_fn, x, jax.random.key(2), 0.25, 20, 200, 0.001)
+  for got, want in zip(chunked, whole):
+    np.testing.assert_array_equal(got, want)
+  assert len(steps) == 2 and sandwich.CERTIFY_CHUNK == 25

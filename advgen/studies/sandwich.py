@@ -23,8 +23,10 @@ import numpy as np
 from advgen import attacks, certify, models
 from advgen.bounds import empirical, isoperimetric
 from advgen.errors import UserError
+from advgen.progress import Progress
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75)
+CERTIFY_CHUNK = 25  # samples per CERTIFY call: a progress line between calls
 
 
 def validate(config):
@@ -64,20 +66,40 @@ def _smoothadv_sweep(logits_fn, x, y, key, epsilons, *, sigma, soft_samples, pgd
   return jax.vmap(at)(epsilons)
 
 
-def found_radius(logits_fn, x, y, key, settings):
+def found_radius(logits_fn, x, y, key, settings, progress=None):
   """Per example the L2 distance of the closest confirmed SmoothAdv point over the radii
-  `settings.epsilons` (inf if none), with PREDICT's fresh noise from `key`."""
+  `settings.epsilons` (inf if none), with PREDICT's fresh noise from `key`; advances `progress`
+  after the sweep and after each radius's confirmation."""
   epsilons = jnp.asarray(sorted(settings.epsilons), jnp.float32)
   attack_key, confirm_key = jax.random.split(key)
   result = jax.device_get(_smoothadv_sweep(
       logits_fn, x, y, attack_key, epsilons, sigma=float(settings.sigma),
       soft_samples=settings.soft_samples, pgd_steps=settings.pgd_steps))
+  _advance(progress)
   found = np.full(len(y), np.inf)
   for e in range(len(epsilons)):
     confirmed = certify.confirm(logits_fn, result.x_adv[e], y, jax.random.fold_in(confirm_key, e),
                                 float(settings.sigma), settings.predict_samples, settings.alpha)
     found = np.where(confirmed, np.minimum(found, result.l2[e]), found)
+    _advance(progress)
   return found
+
+
+def _advance(progress):
+  if progress is not None:
+    progress.advance()
+
+
+def _certify_in_chunks(logits_fn, x, key, settings, progress):
+  """CERTIFY of x in chunks of CERTIFY_CHUNK samples (per-example keys: the same certificates as
+  one call), advancing `progress` after each."""
+  keys = certify.example_keys(key, len(x))
+  parts = []
+  for i in range(0, len(x), CERTIFY_CHUNK):
+    parts.append(certify.certify(logits_fn, x[i:i + CERTIFY_CHUNK], keys[i:i + CERTIFY_CHUNK],
+                                 float(settings.sigma), settings.n0, settings.n, settings.alpha))
+    progress.advance()
+  return certify.Certificate(*(np.concatenate(field) for field in zip(*parts)))
 
 
 def measure(settings, module, variables, x, base, bound_curve, bound_at, key):
@@ -87,11 +109,14 @@ def measure(settings, module, variables, x, base, bound_curve, bound_at, key):
   `variables` are one model's; `base` its per-example r_unc and predictions on x."""
   logits_fn = models.logits_fn(module, variables)
   certify_key, attack_key = jax.random.split(key)
-  cert = certify.certify(logits_fn, x, certify_key, float(settings.sigma), settings.n0,
-                         settings.n, settings.alpha)
+  chunks = -(-len(x) // CERTIFY_CHUNK)
+  progress = Progress(f'sandwich: CERTIFY of {len(x)} samples (n = {settings.n}), SmoothAdv at '
+                      f'{len(settings.epsilons)} radii, PREDICT on its points',
+                      chunks + 1 + len(settings.epsilons), 'steps')
+  cert = _certify_in_chunks(logits_fn, x, certify_key, settings, progress)
   certified = cert.prediction != certify.ABSTAIN
   labels = np.where(certified, cert.prediction, base['y']).astype(np.int32)
-  found = found_radius(logits_fn, x, labels, attack_key, settings)
+  found = found_radius(logits_fn, x, labels, attack_key, settings, progress)
   per_example = {'certified': cert.radius, 'found_smoothed': found, 'found_base': base['r_unc'],
                  'prediction': cert.prediction, 'base_prediction': base['y']}
   quantiles = {f'{p:g}': {'certified': empirical.quantile(cert.radius, p),
