@@ -8,8 +8,8 @@ conv net trained with Gaussian noise whose smoothed version is certified (the sa
 certified <= found <= bound, figures/sandwich.png). On 500
 generated samples x = g(z), z ~ N(0, I), it measures the robustness in latent space (r_Z),
 in-distribution (r_in) and unconstrained (r_unc) and compares their 0.25-quantiles with the
-isoperimetric bound. Widths and epochs are cut so that the whole run (training included) fits in
-a few minutes on a 2-core CPU (1 min 41 s measured, 1.7 GB peak memory); trained models in the
+isoperimetric bound. Widths and epochs are cut so that the whole run (training included) takes
+minutes on a 2-core CPU (docs/bounds.md has the measured time); trained models in the
 workdir are reused on a rerun.
 """
 
