@@ -3,6 +3,7 @@ stages run only on the points still robust (counted classifier calls), the chunk
 execution is the stage's own result, and the sanity checks fire on models made to trip them."""
 
 import os
+import re
 import shutil
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 from advgen import attacks
 from advgen.attacks.autoattack import MISCLASSIFIED, ROBUST, plan, stage_accuracy
 from advgen.cli import load_config
+from advgen.errors import UserError
 from advgen.studies import attack as attack_study
 from conftest import ROOT
 
@@ -208,3 +210,42 @@ def test_the_attack_run_reports_each_stage_next_to_stutz_pgd(trained_tiny, tmp_p
     assert per_model['robust_accuracy'][k] == after[-1]
     if clean > 0:  # (the success rate is over the correct points)
       assert after[-1] == pytest.approx(clean * (1 - per_model['success_rate'][k]))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(epsilon=-0.05), 'finite epsilon >= 0, got -0.05'),
+    (dict(epsilon=float('nan')), 'finite epsilon >= 0'),
+    (dict(epsilon=0.1, version='custom'), "version='custom' runs the stages of attacks_to_run, "
+     'which is empty'),
+    (dict(epsilon=0.1, version='custom', attacks_to_run=('pgd',)), "unknown AutoAttack stage 'pgd'"),
+    (dict(epsilon=0.1, attacks_to_run=('fab',)), "attacks_to_run goes with version='custom'"),
+    (dict(epsilon=0.1, norm='l1', version='custom', attacks_to_run=('square',)),
+     'Square runs in the linf and l2 balls only'),
+    (dict(epsilon=0.1, num_steps=0), 'num_steps and num_queries >= 1'),
+])
+def test_bad_settings_are_refused_before_any_work(batch, kwargs, message):
+  x, y = batch
+  calls = []
+  model = lambda a: calls.append(1) or linear(a)
+  with pytest.raises(UserError, match=re.escape(message)):
+    attacks.autoattack(model, x, y, jax.random.key(0), **kwargs)
+  assert calls == []  # refused before the model is called (or traced)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ({'attack': 'autoattack', 'epsilon': 0.3, 'version': 'custom'}, 'which is empty'),
+    ({'attack': 'autoattack', 'epsilon': 0.3, 'version': 'standrad'}, "unknown AutoAttack version"),
+    ({'attack': 'square', 'epsilon': 0.3, 'norm': 'l1'}, 'Square runs in the linf and l2 balls'),
+])
+def test_the_registry_refuses_what_the_attack_would_refuse_later(spec, message):
+  with pytest.raises(UserError, match=message):
+    attacks.validate(spec)
+
+
+def test_apgd_t_on_too_few_classes_names_the_loss_not_the_targets(batch):
+  x, _ = batch
+  three = lambda a: linear(a)[:, :3]
+  with pytest.raises(UserError, match='the dlr_targeted loss needs at least 4 classes, the model '
+                     'has 3; use the ce loss'):
+    attacks.apgd(three, attacks.LinfBall(x, 0.1), jnp.zeros(B, jnp.int32), jax.random.key(0),
+                 loss='dlr_targeted', num_targets=9, num_steps=2)

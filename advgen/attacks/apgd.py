@@ -287,6 +287,7 @@ def apgd(logits_fn, threat, y, key, *, num_steps=100, restarts=1, loss='ce', num
   else:
     model = logits_fn if eot_iter is None else lambda images: logits_fn(images, key)
     clean = chunked(model, resolve_chunk_size(chunk_size), threat.to_input(threat.init()))
+    losses.check_classes('dlr_targeted', clean.shape[-1])  # before the targets' range
     if not 1 <= num_targets <= clean.shape[-1] - 1:
       raise UserError(f'num_targets must be in [1, classes - 1 = {clean.shape[-1] - 1}], got '
                       f'{num_targets}')

@@ -37,7 +37,6 @@ NORMS = {'linf': norms.linf, 'l2': norms.l2, 'l1': norms.l1}
 ROBUST, MISCLASSIFIED = -1, -2  # `stage` of points no stage broke, and of points wrong when clean
 _BALLS = {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}
 _APGD_LOSS = {'apgd_ce': 'ce', 'apgd_dlr': 'dlr', 'apgd_t': 'dlr_targeted'}
-_MIN_CLASSES = {'apgd_dlr': 3, 'apgd_t': 4}  # DLR needs z_pi3, targeted DLR z_pi4
 _SLACK = 1e-5  # float32 rounding of an exact projection: ||delta|| may exceed eps by this much
 _PROBE = 250  # images the checks look at (the reference's batch)
 _PROBABILITY_TOLERANCE, _RANDOM_TOLERANCE = 1e-5, 1e-4  # the reference's thresholds
@@ -68,24 +67,39 @@ def _recipe(norm, version, attacks_to_run):
   return (('apgd_ce', {'eot_iter': 20}), ('apgd_dlr', {'eot_iter': 20}))
 
 
-def plan(norm, version, num_classes, attacks_to_run=()):
-  """`(stages, notes)`: the (name, settings) pairs the cascade runs on a model of `num_classes`
-  classes, and what had to change: stages of a DLR loss the model has too few classes for are
-  left out, targets capped at classes - 1 (the reference only warns, then fails)."""
+def check(norm, version, attacks_to_run=()):
+  """A UserError for a norm, version or stage list the cascade cannot run (before any work)."""
   if norm not in NORMS:
     raise UserError(f'unknown AutoAttack norm {norm!r}; choose one of {", ".join(NORMS)}')
   if version not in VERSIONS:
     raise UserError(f'unknown AutoAttack version {version!r}; choose one of '
                     f'{", ".join(VERSIONS)}')
   unknown = [name for name in attacks_to_run if name not in STAGES]
-  if unknown or (version == 'custom') != bool(attacks_to_run):
-    raise UserError(f'attacks_to_run (stages of {", ".join(STAGES)}, got {attacks_to_run!r}) '
-                    "goes with version='custom' and only with it")
+  if unknown:
+    raise UserError(f'unknown AutoAttack stage {unknown[0]!r} in attacks_to_run; choose from '
+                    f'{", ".join(STAGES)}')
+  if version == 'custom' and not attacks_to_run:
+    raise UserError("version='custom' runs the stages of attacks_to_run, which is empty; name "
+                    f'some of {", ".join(STAGES)}')
+  if attacks_to_run and version != 'custom':
+    raise UserError(f"attacks_to_run goes with version='custom' (got version={version!r}); "
+                    "set version='custom' or leave attacks_to_run out")
+  if norm == 'l1' and 'square' in attacks_to_run:
+    raise UserError('Square runs in the linf and l2 balls only; leave square out of an l1 '
+                    'attacks_to_run')
+
+
+def plan(norm, version, num_classes, attacks_to_run=()):
+  """`(stages, notes)`: the (name, settings) pairs the cascade runs on a model of `num_classes`
+  classes, and what had to change: stages of a DLR loss the model has too few classes for are
+  left out, targets capped at classes - 1 (the reference only warns, then fails)."""
+  check(norm, version, attacks_to_run)
   stages, notes = [], []
   for name, settings in _recipe(norm, version, attacks_to_run):
-    if num_classes < _MIN_CLASSES.get(name, 0):
-      notes.append(f'{name} left out: its loss needs at least {_MIN_CLASSES[name]} classes, the '
-                   f'model has {num_classes}')
+    needed = losses.MIN_CLASSES.get(_APGD_LOSS.get(name), 0)
+    if num_classes < needed:
+      notes.append(f'{name} left out: its loss needs at least {needed} classes, the model has '
+                   f'{num_classes}')
       continue
     settings = dict(settings)
     if name in ('apgd_t', 'fab_t'):
@@ -146,9 +160,6 @@ def _robust_first(run, classify, x, y, alive, key, chunk, within):
   return x_adv[:batch], logits[:batch], broken[:batch]
 
 
-@functools.partial(jax.jit, static_argnames=('logits_fn', 'norm', 'version', 'attacks_to_run',
-                                             'num_steps', 'num_queries', 'randomized',
-                                             'chunk_size'))
 def autoattack(logits_fn, x, y, key, *, norm='linf', epsilon, version='standard',
                attacks_to_run=(), num_steps=100, num_queries=5000, randomized=False,
                chunk_size=None):
@@ -177,6 +188,24 @@ def autoattack(logits_fn, x, y, key, *, norm='linf', epsilon, version='standard'
   """
   if randomized and version != 'rand':
     raise UserError("a randomized logits_fn(images, key) goes with version='rand'")
+  check(norm, version, tuple(attacks_to_run))
+  radius = _concrete(epsilon)
+  if radius is not None and not (np.all(np.isfinite(radius)) and np.all(radius >= 0)):
+    raise UserError(f'AutoAttack needs a finite epsilon >= 0, got {epsilon!r}')
+  if num_steps < 1 or num_queries < 1:
+    raise UserError(f'AutoAttack needs num_steps and num_queries >= 1, got {num_steps} and '
+                    f'{num_queries}')
+  return _cascade(logits_fn, x, y, key, norm=norm, epsilon=epsilon, version=version,
+                  attacks_to_run=tuple(attacks_to_run), num_steps=num_steps,
+                  num_queries=num_queries, randomized=randomized, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=('logits_fn', 'norm', 'version', 'attacks_to_run',
+                                             'num_steps', 'num_queries', 'randomized',
+                                             'chunk_size'))
+def _cascade(logits_fn, x, y, key, *, norm, epsilon, version, attacks_to_run, num_steps,
+             num_queries, randomized, chunk_size):
+  """The jit-compiled cascade of `autoattack` (its arguments checked)."""
   model = logits_fn if randomized else lambda images, _: logits_fn(images)
   chunk = chunk_size if chunk_size is not None else (
       CPU_CHUNK_SIZE if jax.default_backend() == 'cpu' else 0)
@@ -208,6 +237,14 @@ def autoattack(logits_fn, x, y, key, *, norm='linf', epsilon, version='standard'
                           robust_after=jnp.stack(robust_after, axis=-1) if stages
                           else jnp.ones(y.shape + (0,), bool),
                           names=tuple(name for name, _ in stages))
+
+
+def _concrete(value):
+  """`value` as a float64 array, or None where it is traced (checked by whoever traces it)."""
+  try:
+    return np.asarray(value, np.float64)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
 
 
 def stage_accuracy(res):

@@ -17,11 +17,19 @@ def margin(logits, y):
   return jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0] - other
 
 
-def _sorted_logits(logits, classes, name):
+MIN_CLASSES = {'dlr': 3, 'dlr_targeted': 4}  # DLR's denominator needs z_pi3, the targeted z_pi4
+
+
+def check_classes(name, num_classes):
+  """A UserError if the loss `name` needs more classes than the model has."""
+  if num_classes < MIN_CLASSES.get(name, 0):
+    raise UserError(f'the {name} loss needs at least {MIN_CLASSES[name]} classes, the model has '
+                    f'{num_classes}; use the ce loss (apgd_ce) on this model')
+
+
+def _sorted_logits(logits, name):
   """The logits sorted descending; a UserError at trace time if the model has too few classes."""
-  if logits.shape[-1] < classes:
-    raise UserError(f'the {name} loss needs at least {classes} classes, the model has '
-                    f'{logits.shape[-1]}')
+  check_classes(name, logits.shape[-1])
   return -jnp.sort(-logits, axis=-1)
 
 
@@ -29,14 +37,14 @@ def dlr(logits, y):
   """Difference of logits ratio (Croce & Hein 2020): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3),
   z sorted descending. Invariant to shifting and scaling the logits, so it does not vanish on
   saturated softmax outputs the way cross-entropy does. Needs >= 3 classes."""
-  z = _sorted_logits(logits, 3, 'dlr')
+  z = _sorted_logits(logits, 'dlr')
   return -margin(logits, y) / (z[:, 0] - z[:, 2] + _DLR_EPS)
 
 
 def dlr_targeted(logits, y, target):
   """Targeted DLR (Croce & Hein 2020): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2); it rises as
   the target's logit overtakes the label's. Needs >= 4 classes."""
-  z = _sorted_logits(logits, 4, 'dlr_targeted')
+  z = _sorted_logits(logits, 'dlr_targeted')
   pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=-1)[:, 0]
   return -(pick(y) - pick(target)) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + _DLR_EPS)
 

@@ -28,7 +28,7 @@ from advgen import transforms
 from advgen.models import class_models
 from advgen.attacks import threat as threats
 from advgen.attacks.apgd import apgd
-from advgen.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS, autoattack
+from advgen.attacks.autoattack import autoattack, check as check_autoattack
 from advgen.attacks.cw import carlini_wagner_l2
 from advgen.attacks.deepfool import deepfool
 from advgen.attacks.fab import fab
@@ -198,9 +198,15 @@ def validate(spec, where='attack'):
   if 'norm' in settings and settings['norm'] not in NORMS:
     raise UserError(f'{where} {name!r}: unknown norm {settings["norm"]!r}'
                     f'{_closest(str(settings["norm"]), NORMS)}; choose one of {", ".join(NORMS)}')
-  if name == 'autoattack' and settings.get('version', 'standard') not in AUTOATTACK_VERSIONS:
-    raise UserError(f'{where} {name!r}: unknown version {settings["version"]!r}; choose one of '
-                    f'{", ".join(AUTOATTACK_VERSIONS)}')
+  if name == 'autoattack':
+    try:
+      check_autoattack(settings.get('norm', 'linf'), settings.get('version', 'standard'),
+                       tuple(settings.get('attacks_to_run', ())))
+    except UserError as error:
+      raise UserError(f'{where} {name!r}: {error}') from None
+  if name == 'square' and settings.get('norm', 'linf') not in ('linf', 'l2'):
+    raise UserError(f'{where} {name!r}: Square runs in the linf and l2 balls, got norm '
+                    f'{settings["norm"]!r}; choose linf or l2')
   if settings.get('step_rule') == 'adam' and 'step_size' not in settings:
     raise UserError(f'{where} {name!r}: step_rule adam needs a step_size (its learning rate)')
   if 'start' in settings and settings['start'] not in threats.STARTS:
