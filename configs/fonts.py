@@ -13,11 +13,14 @@ def get_config(num_train=None, variant='normal'):
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_models = 1
-  # font_dirs: folders of TTF/OTF files, scanned in order (empty: matplotlib's bundled fonts);
-  # num_fonts: use the first that render (None: all).
+  # font_dirs: folders of TTF/OTF files (empty: matplotlib's bundled fonts); num_fonts: use the
+  # first that render (None: all), tried in font_selection's order: 'path_order' (folder by
+  # folder, sorted by path) or 'permuted' (all files sorted by path, then a fixed permutation
+  # drawn from font_seed: Stutz et al.'s pick of 1000 diverse fonts; docs/datasets.md).
   config.dataset = ml_collections.ConfigDict(dict(
       name='fonts', difficulty='hard', num_train=int(num_train or 10000), num_test=1000, seed=0,
-      font_dirs=(), num_fonts=ml_collections.config_dict.placeholder(int)))
+      font_dirs=(), num_fonts=ml_collections.config_dict.placeholder(int),
+      font_selection='path_order', font_seed=0))
   config.model = ml_collections.ConfigDict(dict(name='stutz_convnet', kwargs={}))
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=0.01, b1=0.9, lr_decay=0.95, weight_decay=1e-4))

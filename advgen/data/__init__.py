@@ -18,7 +18,8 @@ class Dataset:
   """Arrays in the library's contract (float32 [0, 1], int32 labels) plus generative extras.
 
   `latents` holds the true latent variables of generated data ({'train': {...}, 'test': {...}});
-  `manifold` is the exact generator (a FontsManifold, Spheres or Circle), None for real data.
+  `manifold` is the exact generator (a FontsManifold, Spheres or Circle), None for real data;
+  `info` what a run records of the data beyond its config (fonts: their count and file hash).
   """
   name: str
   x_train: np.ndarray
@@ -28,6 +29,7 @@ class Dataset:
   num_classes: int
   latents: dict = dataclasses.field(default_factory=dict)
   manifold: Any = None
+  info: dict = dataclasses.field(default_factory=dict)
 
   @property
   def input_shape(self):
@@ -69,9 +71,12 @@ def load(config):
 
 
 def fonts_manifold(config, where='config.dataset'):
-  """The fonts generator a dataset config describes (difficulty, font_dirs, num_fonts)."""
+  """The fonts generator a dataset config describes (difficulty, font_dirs, num_fonts,
+  font_selection, font_seed)."""
   return fonts.manifold(config.get('difficulty', 'hard'), tuple(config.get('font_dirs', ())),
-                        config.get('num_fonts'), where)
+                        config.get('num_fonts'), where,
+                        selection=config.get('font_selection', 'path_order'),
+                        seed=config.get('font_seed', 0))
 
 
 def _generated(config):
@@ -88,5 +93,6 @@ def _generated(config):
   train_key, test_key = jax.random.split(jax.random.key(config.seed))
   x_train, y_train, lat_train = sample(train_key, config.num_train)
   x_test, y_test, lat_test = sample(test_key, config.num_test)
+  info = generator.info if config.name == 'fonts' else {}
   return Dataset(config.name, x_train, y_train, x_test, y_test, num_classes,
-                 {'train': lat_train, 'test': lat_test}, generator)
+                 {'train': lat_train, 'test': lat_test}, generator, info)

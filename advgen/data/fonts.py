@@ -6,13 +6,17 @@ class manifold is a small optimization over theta and the font.
 """
 
 import dataclasses
-import functools
+import hashlib
+import json
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+import PIL
+import PIL.features
 from matplotlib import ft2font
 from PIL import Image, ImageDraw, ImageFont
 
@@ -105,17 +109,57 @@ def font_files(font_dirs):
   return paths
 
 
-@functools.lru_cache(maxsize=None)
-def _load_prototypes(font_dirs, num_fonts):
-  """(names, prototypes) of the first `num_fonts` fonts (all if None) of `font_dirs` that draw
-  distinct, recognisable Latin capitals A-J."""
-  references = np.concatenate([
+SELECTIONS = ('path_order', 'permuted')
+_CACHE_FORMAT = 1  # bump when the cache file's layout changes
+
+
+def _candidates(font_dirs, selection, seed):
+  """[(path, relative path)] of the font files of `font_dirs` in the order they are tried.
+
+  path_order: folder by folder, each in sorted path order. permuted (Stutz et al.'s pick of 1000
+  fonts): every file of all folders sorted by path, then a fixed permutation drawn from `seed`,
+  so the order depends on neither the folders' order nor the order the files are found in. The
+  relative path (to the most specific folder holding the file) is what the fonts hash records."""
+  found = {}
+  for font_dir in font_dirs:
+    for path in font_files((font_dir,)):
+      relative = os.path.relpath(path, font_dir)
+      if path not in found or len(relative) < len(found[path]):
+        found[path] = relative
+  if selection == 'path_order':
+    order, seen = [], set()
+    for font_dir in font_dirs:
+      for path in font_files((font_dir,)):
+        if path not in seen:
+          seen.add(path)
+          order.append(path)
+  else:
+    paths = sorted(found)
+    order = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
+  return [(path, found[path]) for path in order]
+
+
+def fonts_hash(files):
+  """sha256 of the sorted (relative path, size) list of font files [(path, relative path)]: two
+  runs with the same hash saw the same fonts."""
+  lines = sorted(f'{relative}\t{os.path.getsize(path)}\n' for path, relative in files)
+  return hashlib.sha256(''.join(lines).encode()).hexdigest()
+
+
+def _references():
+  return np.concatenate([
       np.stack([_shape_signature(_draw(os.path.join(bundled_font_dir(), ref), c))
                 for c in LETTERS])
       for ref in _REFERENCE_FONTS
   ])
-  names, protos, seen = [], [], set()
-  for path in font_files(font_dirs):
+
+
+def _build_prototypes(candidates, num_fonts):
+  """(names, prototypes, used candidates) of the first `num_fonts` candidates (all if None) that
+  draw distinct, recognisable Latin capitals A-J, one font per file name."""
+  references = _references()
+  names, protos, used, seen = [], [], [], set()
+  for path, relative in candidates:
     if num_fonts is not None and len(names) >= num_fonts:
       break
     name = os.path.splitext(os.path.basename(path))[0]
@@ -126,19 +170,132 @@ def _load_prototypes(font_dirs, num_fonts):
     if usable:
       seen.add(name)
       names.append(name)
+      used.append((path, relative))
       protos.append(np.stack([_prototype(_draw(path, c)) for c in LETTERS]))
+  protos = np.stack(protos)[..., None] if protos else np.zeros((0, len(LETTERS), IMAGE_SIZE,
+                                                                 IMAGE_SIZE, 1), np.float32)
+  return tuple(names), protos, used
+
+
+def default_cache_dir():
+  """$ADVGEN_CACHE/fonts, else $XDG_CACHE_HOME/advgen/fonts (~/.cache/advgen/fonts); None (no
+  cache) where ADVGEN_CACHE is 'off'."""
+  root = os.environ.get('ADVGEN_CACHE')
+  if root is None:
+    root = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+                        'advgen')
+  if root.strip().lower() in ('', 'off', 'none', '0'):
+    return None
+  return os.path.join(root, 'fonts')
+
+
+def _digest(value):
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_keys(candidates, font_dirs, num_fonts, selection, seed):
+  """(set key, content key): the first names what is asked for (folders, count, selection), the
+  second also every file's path, size and modification time, the rendering settings, this
+  module's code and the renderers' versions, so any change to them rebuilds."""
+  asked = [_CACHE_FORMAT, [os.path.abspath(d) for d in font_dirs], num_fonts, selection, seed]
+  with open(__file__, 'rb') as f:
+    code = hashlib.sha256(f.read()).hexdigest()
+  stats = []
+  for path in [p for p, _ in candidates] + [os.path.join(bundled_font_dir(), ref)
+                                            for ref in _REFERENCE_FONTS]:
+    st = os.stat(path)
+    stats.append([path, st.st_size, st.st_mtime_ns])
+  versions = [PIL.__version__, PIL.features.version('freetype2'), matplotlib.__version__,
+              np.__version__]
+  settings = [LETTERS, IMAGE_SIZE, GLYPH_SIZE, _RENDER_SIZE, list(_REFERENCE_FONTS)]
+  return _digest(asked)[:16], _digest([asked, code, versions, settings, stats])
+
+
+def _read_cache(path, key):
+  """(names, prototypes, used relative paths) stored under `key` in `path`, or None where the
+  file is missing, of another key, or unreadable (a corrupt file is rebuilt, not a crash)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as stored:
+      if str(stored['key']) != key:
+        return None
+      names, protos, used = (tuple(str(n) for n in stored['names']), stored['prototypes'],
+                             [int(i) for i in stored['used']])
+    if protos.shape != (len(names), len(LETTERS), IMAGE_SIZE, IMAGE_SIZE, 1) or \
+        len(used) != len(names) or protos.dtype != np.float32:
+      return None
+    return names, protos, used
+  except Exception:  # noqa: BLE001 -- any damage to a cache file means: build again
+    return None
+
+
+def _write_cache(directory, set_key, key, names, protos, used):
+  """Writes the cache file atomically (a temporary file in the same folder, then os.replace) and
+  removes the older files of the same set; a folder that cannot be written only skips caching."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{set_key}-', suffix='.tmp')
+    try:
+      os.chmod(tmp, 0o644)
+      with os.fdopen(fd, 'wb') as f:
+        np.savez(f, key=np.array(key), names=np.array(names, dtype=str), prototypes=protos,
+                 used=np.array(used, np.int64))
+      os.replace(tmp, os.path.join(directory, f'{set_key}-{key[:16]}.npz'))
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+    for stale in os.listdir(directory):
+      if stale.startswith(f'{set_key}-') and stale != f'{set_key}-{key[:16]}.npz':
+        try:
+          os.remove(os.path.join(directory, stale))
+        except OSError:
+          pass
+  except OSError:
+    pass
+
+
+_LOADED = {}  # content key -> (names, prototypes, used): one build or read per process
+
+
+def _load_prototypes(font_dirs, num_fonts, selection='path_order', seed=0, cache_dir=None):
+  """(names, prototypes, fonts hash) of the first `num_fonts` fonts (all if None) of `font_dirs`,
+  tried in the `selection` order, that draw distinct, recognisable Latin capitals A-J; read from
+  the prototype cache in `cache_dir` (None: no cache) when no font file or setting changed."""
+  candidates = _candidates(font_dirs, selection, seed)
+  set_key, key = _cache_keys(candidates, font_dirs, num_fonts, selection, seed)
+  loaded = _LOADED.get(key)
+  path = os.path.join(cache_dir, f'{set_key}-{key[:16]}.npz') if cache_dir else None
+  if loaded is None and path:
+    loaded = _read_cache(path, key)
+  if loaded is None:
+    names, protos, used = _build_prototypes(candidates, num_fonts)
+    index = {c: i for i, c in enumerate(candidates)}
+    loaded = names, protos, [index[u] for u in used]
+    if path:
+      _write_cache(cache_dir, set_key, key, *loaded)
+  _LOADED[key] = loaded
+  names, protos, used = loaded
   if len(names) < 2:
     raise UserError(f'only {len(names)} fonts in {", ".join(font_dirs)} draw Latin capitals A-J; '
                     'add font folders to config.dataset.font_dirs')
-  return tuple(names), np.stack(protos)[..., None]
+  return names, protos, fonts_hash([candidates[i] for i in used])
 
 
 @dataclasses.dataclass(frozen=True)
 class FontsManifold:
-  """The exact generator: prototypes (fonts, classes, 28, 28, 1) and the theta ranges (2, 6)."""
+  """The exact generator: prototypes (fonts, classes, 28, 28, 1) and the theta ranges (2, 6);
+  `fonts_hash` tells which font files they were drawn from (`fonts_hash()`)."""
   prototypes: np.ndarray
   ranges: np.ndarray
   font_names: tuple
+  fonts_hash: str = ''
+
+  @property
+  def info(self):
+    """What a run records of its fonts: their count and the hash of their file list."""
+    return {'num_fonts': self.num_fonts, 'fonts_hash': self.fonts_hash}
 
   @property
   def num_fonts(self):
@@ -156,10 +313,14 @@ class FontsManifold:
     return lambda theta: self.render(font, label, theta)
 
 
-def manifold(difficulty='hard', font_dirs=(), num_fonts=None, where='config.dataset'):
+def manifold(difficulty='hard', font_dirs=(), num_fonts=None, where='config.dataset',
+             selection='path_order', seed=0, cache_dir=None):
   """The fonts generator of `difficulty`'s theta ranges, over the fonts of `font_dirs`
-  (default: matplotlib's bundled fonts), exactly `num_fonts` of them (Stutz et al.: the first
-  1000 Google Fonts that render); errors name the fields under `where`."""
+  (default: matplotlib's bundled fonts), exactly `num_fonts` of them: the first that render in
+  path order, or with selection='permuted' in a fixed permutation (drawn from `seed`) of all the
+  folders' files sorted by path (Stutz et al.: 1000 Google Fonts picked that way). Prototypes are
+  cached in `cache_dir` (None: `default_cache_dir()`; '' : no cache). Errors name the fields
+  under `where`."""
   if difficulty not in transforms.RANGES:
     raise UserError(f'unknown fonts difficulty {difficulty!r}; choose one of '
                     f'{", ".join(transforms.RANGES)}')
@@ -167,13 +328,21 @@ def manifold(difficulty='hard', font_dirs=(), num_fonts=None, where='config.data
                                 num_fonts < 2):
     raise UserError(f'{where}.num_fonts must be an integer of at least 2 (or None: all), '
                     f'got {num_fonts!r}')
+  if selection not in SELECTIONS:
+    raise UserError(f'{where}.font_selection must be one of {", ".join(SELECTIONS)}, got '
+                    f'{selection!r}')
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise UserError(f'{where}.font_seed must be a non-negative integer, got {seed!r}')
   font_dirs = tuple(font_dirs) or (bundled_font_dir(),)
-  names, protos = _load_prototypes(font_dirs, num_fonts)
+  if cache_dir is None:
+    cache_dir = default_cache_dir()
+  names, protos, digest = _load_prototypes(font_dirs, num_fonts, selection,
+                                           seed if selection == 'permuted' else 0, cache_dir)
   if num_fonts is not None and len(names) < num_fonts:  # a researcher must not publish fewer
     raise UserError(f'{where}.num_fonts={num_fonts} but only {len(names)} fonts in '
                     f'{", ".join(font_dirs)} draw Latin capitals A-J; add folders of TTF/OTF fonts '
                     f'to {where}.font_dirs, or set {where}.num_fonts={len(names)}')
-  return FontsManifold(protos, transforms.RANGES[difficulty], names)
+  return FontsManifold(protos, transforms.RANGES[difficulty], names, digest)
 
 
 def stratified_labels(num, num_classes, num_fonts):

@@ -25,6 +25,14 @@ def _rebuild(kind, workdir):
   _, build, script, keys = KINDS[kind]
   config = workdir_lib.stored_config(workdir, kind, script, keys)
   dataset = data.load(config.dataset)
+  results_path = os.path.join(workdir, trainer.RESULTS)
+  recorded = (workdir_lib.read_json(results_path).get('dataset')
+              if os.path.exists(results_path) else None)
+  if recorded and dataset.info and recorded != dataset.info:
+    raise UserError(f'{workdir} was trained on {recorded["num_fonts"]} fonts of hash '
+                    f'{recorded["fonts_hash"][:12]}, but its config.dataset now gives '
+                    f'{dataset.info["num_fonts"]} of hash {dataset.info["fonts_hash"][:12]} (the '
+                    'font files on this machine differ); install the same font packages')
   return config, dataset, build(config, dataset)
 
 

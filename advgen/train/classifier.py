@@ -169,5 +169,7 @@ def train(config, workdir, generator=None):
   results = {'num_train': len(dataset.y_train), 'num_test': len(dataset.y_test),
              'num_steps': config.num_epochs * setup.steps_per_epoch,
              'num_models': setup.num_models, **results_lib.summarize(errors)}
+  if dataset.info:  # fonts: which fonts were used (count and file-list hash)
+    results['dataset'] = dataset.info
   workdir_lib.write_results(results_path, results)
   return results

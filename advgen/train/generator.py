@@ -209,6 +209,8 @@ def train(config, workdir, judges=None):
   results = {'num_train': len(dataset.y_train), 'num_test': len(dataset.y_test),
              'num_steps': config.num_epochs * setup.steps_per_epoch, 'num_models': total,
              'model': config.model.name, 'class_specific': bool(config.class_specific)}
+  if dataset.info:  # fonts: which fonts were used (count and file-list hash)
+    results['dataset'] = dataset.info
   per_model = {}
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 10**6)
   columns = config.eval.grid_columns
