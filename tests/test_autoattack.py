@@ -5,6 +5,7 @@ execution is the stage's own result, and the sanity checks fire on models made t
 import os
 import re
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -249,3 +250,16 @@ def test_apgd_t_on_too_few_classes_names_the_loss_not_the_targets(batch):
                      'has 3; use the ce loss'):
     attacks.apgd(three, attacks.LinfBall(x, 0.1), jnp.zeros(B, jnp.int32), jax.random.key(0),
                  loss='dlr_targeted', num_targets=9, num_steps=2)
+
+
+def test_the_cascade_runs_square_on_the_references_unscaled_schedule(batch, monkeypatch):
+  """The reference's AutoAttack builds Square with resc_schedule=False."""
+  autoattack_module = sys.modules['advgen.attacks.autoattack']  # attacks.autoattack: the function
+  seen = []
+  real = autoattack_module.square
+  monkeypatch.setattr(autoattack_module, 'square',
+                      lambda *a, **k: seen.append(k.get('rescale_schedule')) or real(*a, **k))
+  x, y = batch
+  attacks.autoattack(linear, x[:4], y[:4], jax.random.key(9), epsilon=0.3, version='custom',
+                     attacks_to_run=('square',), num_queries=3, chunk_size=4)
+  assert seen == [False]

@@ -212,9 +212,11 @@ def test_the_schedule_halves_p_after_the_authors_iterations():
                       (501, 4), (1000, 4), (1001, 5), (2001, 6), (4001, 7), (6001, 8),
                       (8000, 8), (8001, 9), (9999, 9)):
     assert p[i] == 0.8 / 2**halvings, (i, p[i])
-  rescaled = square_lib.p_schedule(5000, 0.8)  # AutoAttack's budget: iteration i counts as 2i
+  rescaled = square_lib.p_schedule(5000, 0.8)  # a 5000-query budget: iteration i counts as 2i
   assert rescaled[5] == 0.8 and rescaled[6] == 0.4 and rescaled[4001] == 0.8 / 2**9
   assert len(rescaled) == 5000
+  kept = square_lib.p_schedule(5000, 0.8, rescale=False)  # as AutoAttack runs Square
+  np.testing.assert_array_equal(kept, p[:5000])
   # 28 x 28 x 3: round(sqrt(0.8 * 784)) = 25, then down to one pixel (L-inf) or three (L2)
   sides = square_lib.window_sides(p, 'linf', (28, 28, 3))
   assert sides[0] == 25 and sides[11] == 18 and sides[-1] == 1

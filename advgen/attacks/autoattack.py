@@ -124,7 +124,7 @@ def _stage(name, settings, logits_fn, x, y, key, *, norm, epsilon, num_steps, nu
     return fab(logits_fn, x, y, key, norm=norm, epsilon=epsilon, num_steps=num_steps,
                targeted=name == 'fab_t', chunk_size=chunk_size, **settings).x_adv
   return square(logits_fn, x, y, key, norm=norm, epsilon=epsilon, num_queries=num_queries,
-                chunk_size=chunk_size).x_adv
+                chunk_size=chunk_size, rescale_schedule=False).x_adv  # the reference's Square
 
 
 def _robust_first(run, classify, x, y, alive, key, chunk, within):

@@ -52,11 +52,12 @@ class _Point(Pytree):
   success: jax.Array
 
 
-def p_schedule(num_queries, p_init):
+def p_schedule(num_queries, p_init, rescale=True):
   """The fraction p of the image a window covers, at iterations 0 .. num_queries - 1: the
-  iteration rescaled to a 10000-query budget (int(i / num_queries * 10000), as the reference),
-  then p_init halved once per threshold it exceeds."""
-  scaled = [int(i / num_queries * 10000) for i in range(num_queries)]
+  iteration rescaled to a 10000-query budget (int(i / num_queries * 10000), the reference's
+  `resc_schedule`; `rescale=False`, as the reference's AutoAttack builds its Square, keeps the
+  thresholds at their iterations), then p_init halved once per threshold it exceeds."""
+  scaled = [int(i / num_queries * 10000) if rescale else i for i in range(num_queries)]
   return np.array([p_init / 2**sum(it > t for t in _THRESHOLDS) for it in scaled])
 
 
@@ -179,10 +180,10 @@ def _l2_candidate(key, x, best, eps, side, pattern):
   return jnp.clip(x + eps * _unit(delta), 0.0, 1.0)
 
 
-def _tables(norm, num_queries, p_init, shape):
+def _tables(norm, num_queries, p_init, shape, rescale):
   """The schedule as constants: per iteration the index of its window side (num_queries,),
   the distinct sides (S,) and, for L2, their eta patterns zero-padded to the largest (S, s, s)."""
-  sides = window_sides(p_schedule(num_queries, p_init), norm, shape)
+  sides = window_sides(p_schedule(num_queries, p_init, rescale), norm, shape)
   distinct, stage = np.unique(sides, return_inverse=True)
   patterns = None
   if norm == 'l2':
@@ -211,9 +212,10 @@ def _check(norm, shape, num_queries, p_init, restarts):
 
 
 @functools.partial(jax.jit, static_argnames=('logits_fn', 'norm', 'num_queries', 'p_init',
-                                             'restarts', 'targeted', 'early_exit', 'chunk_size'))
+                                             'restarts', 'targeted', 'early_exit', 'chunk_size',
+                                             'rescale_schedule'))
 def square(logits_fn, x, y, key, *, norm='linf', epsilon, num_queries=5000, p_init=0.8,
-           restarts=1, targeted=False, early_exit=True, chunk_size=None):
+           restarts=1, targeted=False, early_exit=True, chunk_size=None, rescale_schedule=True):
   """Square Attack on `x` (B, H, W, C) in [0, 1] with labels `y` (targets when `targeted`).
 
   Args:
@@ -226,6 +228,8 @@ def square(logits_fn, x, y, key, *, norm='linf', epsilon, num_queries=5000, p_in
       are still robust.
     early_exit: leave the loop once every example has succeeded (the same result).
     chunk_size: images per classifier call (see `pgd.resolve_chunk_size`).
+    rescale_schedule: p's schedule stretched to num_queries (the paper's); False keeps it at the
+      iterations of a 10000-query budget, as the reference's AutoAttack runs Square.
 
   Every random choice follows from `key`. Examples already misclassified (or at their target)
   cost 1 query and come back unchanged. A successful example keeps its first successful point;
@@ -235,7 +239,7 @@ def square(logits_fn, x, y, key, *, norm='linf', epsilon, num_queries=5000, p_in
   _check(norm, x.shape, num_queries, p_init, restarts)
   chunk = resolve_chunk_size(chunk_size)
   eps = norms.expand(jnp.broadcast_to(jnp.asarray(epsilon, x.dtype), y.shape), x)
-  stage, sides, patterns = _tables(norm, num_queries, p_init, x.shape[1:])
+  stage, sides, patterns = _tables(norm, num_queries, p_init, x.shape[1:], rescale_schedule)
   if norm == 'linf':
     start = _linf_start
     step = lambda k, best, i: _linf_candidate(k, x, best, eps, sides[stage[i]])
