@@ -42,7 +42,8 @@ def field_names(config, prefix=''):
 
 def test_the_readme_is_one_first_screen_and_a_map():
   readme = text('README.md')
-  assert len(readme.splitlines()) <= 160
+  # the first screen (what, install, the main job, tests, studies, AutoAttack, certified), layout, map
+  assert len(readme.splitlines()) <= 175
   for heading in ('## Install', '## Train the default classifier', '## Run the tests',
                   '## Studies', '## Layout', '## Documentation map'):
     assert heading in readme, heading
