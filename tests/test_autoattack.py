@@ -214,8 +214,10 @@ def test_the_attack_run_reports_each_stage_next_to_stutz_pgd(trained_tiny, tmp_p
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(epsilon=-0.05), 'finite epsilon >= 0, got -0.05'),
+    (dict(epsilon=-0.05), 'finite epsilon >= 0 for the batch, got -0.05'),
     (dict(epsilon=float('nan')), 'finite epsilon >= 0'),
+    (dict(epsilon=np.full(B, 0.1)), 'one finite epsilon >= 0 for the batch'),
+    (dict(epsilon=0.1, version='custom', attacks_to_run='fab'), "write ('fab',)"),
     (dict(epsilon=0.1, version='custom'), "version='custom' runs the stages of attacks_to_run, "
      'which is empty'),
     (dict(epsilon=0.1, version='custom', attacks_to_run=('pgd',)), "unknown AutoAttack stage 'pgd'"),
@@ -237,6 +239,7 @@ def test_bad_settings_are_refused_before_any_work(batch, kwargs, message):
     ({'attack': 'autoattack', 'epsilon': 0.3, 'version': 'custom'}, 'which is empty'),
     ({'attack': 'autoattack', 'epsilon': 0.3, 'version': 'standrad'}, "unknown AutoAttack version"),
     ({'attack': 'square', 'epsilon': 0.3, 'norm': 'l1'}, 'Square runs in the linf and l2 balls'),
+    ({'attack': 'apgd_ce', 'epsilon': 0.3, 'eot_iter': 2}, "has no setting 'eot_iter'"),
 ])
 def test_the_registry_refuses_what_the_attack_would_refuse_later(spec, message):
   with pytest.raises(UserError, match=message):

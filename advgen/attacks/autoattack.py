@@ -37,6 +37,7 @@ NORMS = {'linf': norms.linf, 'l2': norms.l2, 'l1': norms.l1}
 ROBUST, MISCLASSIFIED = -1, -2  # `stage` of points no stage broke, and of points wrong when clean
 _BALLS = {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}
 _APGD_LOSS = {'apgd_ce': 'ce', 'apgd_dlr': 'dlr', 'apgd_t': 'dlr_targeted'}
+ACCELERATOR_CHUNK = 256  # points per stage call on accelerators: later stages skip broken chunks
 _SLACK = 1e-5  # float32 rounding of an exact projection: ||delta|| may exceed eps by this much
 _PROBE = 250  # images the checks look at (the reference's batch)
 _PROBABILITY_TOLERANCE, _RANDOM_TOLERANCE = 1e-5, 1e-4  # the reference's thresholds
@@ -69,6 +70,9 @@ def _recipe(norm, version, attacks_to_run):
 
 def check(norm, version, attacks_to_run=()):
   """A UserError for a norm, version or stage list the cascade cannot run (before any work)."""
+  if isinstance(attacks_to_run, str):
+    raise UserError(f'attacks_to_run is a list of stages, got the string {attacks_to_run!r}; '
+                    f'write ({attacks_to_run!r},)')
   if norm not in NORMS:
     raise UserError(f'unknown AutoAttack norm {norm!r}; choose one of {", ".join(NORMS)}')
   if version not in VERSIONS:
@@ -178,8 +182,8 @@ def autoattack(logits_fn, x, y, key, *, norm='linf', epsilon, version='standard'
     randomized: `logits_fn` takes a key (needs version 'rand'); every classifier call draws
       anew, APGD averages over 20 draws per step. Without it, 'rand' runs APGD-CE and APGD-DLR
       once per step (20 draws of a deterministic model are the same).
-    chunk_size: points per stage call: None is pgd.CPU_CHUNK_SIZE on CPU and the whole batch
-      elsewhere; the stage's engine sees at most this many points at once.
+    chunk_size: points per stage call: None is pgd.CPU_CHUNK_SIZE on CPU and ACCELERATOR_CHUNK
+      elsewhere, 0 the whole batch; the stage's engine sees at most this many points at once.
 
   Returns:
     AutoAttackResult: x_adv is the image of the stage that broke a point (inside ball and box,
@@ -188,10 +192,10 @@ def autoattack(logits_fn, x, y, key, *, norm='linf', epsilon, version='standard'
   """
   if randomized and version != 'rand':
     raise UserError("a randomized logits_fn(images, key) goes with version='rand'")
-  check(norm, version, tuple(attacks_to_run))
+  check(norm, version, attacks_to_run)
   radius = _concrete(epsilon)
-  if radius is not None and not (np.all(np.isfinite(radius)) and np.all(radius >= 0)):
-    raise UserError(f'AutoAttack needs a finite epsilon >= 0, got {epsilon!r}')
+  if radius is not None and not (radius.ndim == 0 and np.isfinite(radius) and radius >= 0):
+    raise UserError(f'AutoAttack needs one finite epsilon >= 0 for the batch, got {epsilon!r}')
   if num_steps < 1 or num_queries < 1:
     raise UserError(f'AutoAttack needs num_steps and num_queries >= 1, got {num_steps} and '
                     f'{num_queries}')
@@ -208,7 +212,7 @@ def _cascade(logits_fn, x, y, key, *, norm, epsilon, version, attacks_to_run, nu
   """The jit-compiled cascade of `autoattack` (its arguments checked)."""
   model = logits_fn if randomized else lambda images, _: logits_fn(images)
   chunk = chunk_size if chunk_size is not None else (
-      CPU_CHUNK_SIZE if jax.default_backend() == 'cpu' else 0)
+      CPU_CHUNK_SIZE if jax.default_backend() == 'cpu' else ACCELERATOR_CHUNK)
   chunk = min(chunk or x.shape[0], x.shape[0])
   clean_key, key = jax.random.split(key)
   clean = model(x, clean_key)

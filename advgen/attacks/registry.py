@@ -134,10 +134,11 @@ ATTACKS = {
     'hopskipjump': _Entry(hopskipjump, needs_key=True),
     'square': _Entry(square, needs_key=True),
     'apgd_ce': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'ce'),),
-                      omit=('num_targets',)),
+                      omit=('num_targets', 'eot_iter')),
     'apgd_dlr': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr'),),
-                       omit=('num_targets',)),
-    'apgd_t': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr_targeted'),)),
+                       omit=('num_targets', 'eot_iter')),
+    'apgd_t': _Entry(apgd, _normed_image, extra=('norm',), fixed=(('loss', 'dlr_targeted'),),
+                     omit=('eot_iter',)),
     'fab': _Entry(fab, needs_key=True, fixed=(('targeted', False),), omit=('num_targets',)),
     'fab_t': _Entry(fab, needs_key=True, fixed=(('targeted', True),)),
     'autoattack': _Entry(autoattack, needs_key=True, omit=('randomized',)),
@@ -201,7 +202,7 @@ def validate(spec, where='attack'):
   if name == 'autoattack':
     try:
       check_autoattack(settings.get('norm', 'linf'), settings.get('version', 'standard'),
-                       tuple(settings.get('attacks_to_run', ())))
+                       settings.get('attacks_to_run', ()))
     except UserError as error:
       raise UserError(f'{where} {name!r}: {error}') from None
   if name == 'square' and settings.get('norm', 'linf') not in ('linf', 'l2'):

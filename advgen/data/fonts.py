@@ -117,9 +117,10 @@ def _candidates(font_dirs, selection, seed):
   """[(path, relative path)] of the font files of `font_dirs` in the order they are tried.
 
   path_order: folder by folder, each in sorted path order. permuted (Stutz et al.'s pick of 1000
-  fonts): every file of all folders sorted by path, then a fixed permutation drawn from `seed`,
-  so the order depends on neither the folders' order nor the order the files are found in. The
-  relative path (to the most specific folder holding the file) is what the fonts hash records."""
+  fonts): every file of all folders sorted by its relative path, then a fixed permutation drawn
+  from `seed`, so the order depends on neither where the fonts are installed, the folders' order
+  nor the order the files are found in. The relative path (to the most specific folder holding
+  the file) is what the fonts hash records."""
   found = {}
   for font_dir in font_dirs:
     for path in font_files((font_dir,)):
@@ -134,7 +135,7 @@ def _candidates(font_dirs, selection, seed):
           seen.add(path)
           order.append(path)
   else:
-    paths = sorted(found)
+    paths = sorted(found, key=lambda path: (found[path], path))  # where installed: irrelevant
     order = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
   return [(path, found[path]) for path in order]
 
