@@ -36,8 +36,9 @@ def table_markdown(sandwich, name):
             f'confirmed point for {100 * f["found"]:.1f}%.',
             f'- median certified / found: {f["median_certified_over_found"]:.2f}; median found '
             f'(smoothed) / found (base): {f["median_found_over_base"]:.2f}.',
-            f'- the found quantile is below the bound at p = {", ".join(below) or "none"} of '
-            f'{", ".join(f["found_le_bound"])}.']
+            f'- the quantile found on the smoothed classifier is at most the bound at '
+            f'{len(below)} of the {len(f["found_le_bound"])} quantiles '
+            f'(p = {", ".join(below) or "none"}).']
   return '\n'.join(lines) + '\n'
 
 
