@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from advgen import evaluate
 from advgen.attacks import AttackResult
@@ -51,3 +52,22 @@ def test_robust_accuracy_and_transfer():
   assert masked == {'transfer_success_rate': 1.0, 'num_transferred': 2.0}
   empty = evaluate.distance_stats(swept, np.zeros((3, 3), bool))
   assert math.isnan(empty['l2_mean'])
+
+
+def test_only_counted_inputs_can_succeed_and_the_rest_stay_in_the_denominator():
+  """Stutz's on-learned-manifold attack counts successes only on codes inside the box: an
+  uncounted success is a failure, an uncounted input still attacked."""
+  restarts = [[True, False], [True, True], [False, False], [True, True]]
+  res = _result([True, True, False, True], restarts, [0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 4.0],
+                [0.1, 0.2, 0.3, 0.4])
+  clean_logits = np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0], [2.0, 0, 0]])
+  y = np.array([0, 1, 2, 1])  # the last is wrong when clean
+  counted = np.array([True, False, True, True])
+  summary = evaluate.summarize(res, y, clean_logits, counted)
+  assert summary['num_attacked'] == 3.0 and summary['num_counted'] == 2.0
+  assert summary['success_rate'] == pytest.approx(1 / 6)  # only the first input's first restart
+  assert summary['success_rate_any'] == pytest.approx(1 / 3)
+  assert summary['robust_accuracy'] == 0.5  # the uncounted second and the third
+  np.testing.assert_array_equal(evaluate.counted_successes(res, y, clean_logits, counted),
+                                [True, False, False, False])
+  assert summary['linf_mean'] == pytest.approx(0.1)  # distances of counted successes only
