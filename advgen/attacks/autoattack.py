@@ -33,9 +33,8 @@ from advgen.errors import UserError
 
 VERSIONS = ('standard', 'plus', 'rand', 'custom')
 STAGES = ('apgd_ce', 'apgd_dlr', 'apgd_t', 'fab', 'fab_t', 'square')
-NORMS = {'linf': norms.linf, 'l2': norms.l2, 'l1': norms.l1}
+NORMS = norms.BY_NAME
 ROBUST, MISCLASSIFIED = -1, -2  # `stage` of points no stage broke, and of points wrong when clean
-_BALLS = {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}
 _APGD_LOSS = {'apgd_ce': 'ce', 'apgd_dlr': 'dlr', 'apgd_t': 'dlr_targeted'}
 ACCELERATOR_CHUNK = 256  # points per stage call on accelerators: later stages skip broken chunks
 _SLACK = 1e-5  # float32 rounding of an exact projection: ||delta|| may exceed eps by this much
@@ -121,7 +120,7 @@ def _stage(name, settings, logits_fn, x, y, key, *, norm, epsilon, num_steps, nu
   settings = dict(settings)
   if name in _APGD_LOSS:
     eot_iter = settings.pop('eot_iter', None)
-    return apgd(logits_fn, _BALLS[norm](x, epsilon), y, key, num_steps=num_steps,
+    return apgd(logits_fn, threats.BALLS[norm](x, epsilon), y, key, num_steps=num_steps,
                 loss=_APGD_LOSS[name], eot_iter=eot_iter if randomized else None,
                 chunk_size=chunk_size, **settings).x_adv
   if name in ('fab', 'fab_t'):
@@ -210,7 +209,7 @@ def autoattack(logits_fn, x, y, key, *, norm='linf', epsilon, version='standard'
 def _cascade(logits_fn, x, y, key, *, norm, epsilon, version, attacks_to_run, num_steps,
              num_queries, randomized, chunk_size):
   """The jit-compiled cascade of `autoattack` (its arguments checked)."""
-  model = logits_fn if randomized else lambda images, _: logits_fn(images)
+  model = _keyed(logits_fn, randomized)
   chunk = chunk_size if chunk_size is not None else (
       CPU_CHUNK_SIZE if jax.default_backend() == 'cpu' else ACCELERATOR_CHUNK)
   chunk = min(chunk or x.shape[0], x.shape[0])
@@ -241,6 +240,11 @@ def _cascade(logits_fn, x, y, key, *, norm, epsilon, version, attacks_to_run, nu
                           robust_after=jnp.stack(robust_after, axis=-1) if stages
                           else jnp.ones(y.shape + (0,), bool),
                           names=tuple(name for name, _ in stages))
+
+
+def _keyed(logits_fn, randomized):
+  """`(images, key) -> logits`: a randomized model as it is, a deterministic one ignoring key."""
+  return logits_fn if randomized else lambda images, _: logits_fn(images)
 
 
 def _concrete(value):
@@ -274,7 +278,7 @@ def checks(logits_fn, x, y, key, *, norm='linf', version='standard', attacks_to_
   reference checks at APGD's random start); stages left out or targets capped for the model's
   number of classes (`plan`).
   """
-  model = logits_fn if randomized else lambda images, _: logits_fn(images)
+  model = _keyed(logits_fn, randomized)
   xs, ys = jnp.asarray(x[:_PROBE]), jnp.asarray(y[:_PROBE])
   first_key, second_key, grad_key = jax.random.split(key, 3)
   first = np.asarray(model(xs, first_key))

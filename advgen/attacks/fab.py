@@ -20,7 +20,7 @@ from advgen.attacks.pgd import chunked, resolve_chunk_size
 from advgen.attacks.pytree import Pytree
 from advgen.errors import UserError
 
-NORMS = {'linf': norms.linf, 'l2': norms.l2, 'l1': norms.l1}
+NORMS = norms.BY_NAME
 _DUAL = {'linf': norms.l1, 'l2': norms.l2, 'l1': norms.linf}
 # Radius of the random restarts without an epsilon: the reference's default epsilons.
 RESTART_RADIUS = {'linf': 0.3, 'l2': 1.0, 'l1': 5.0}

@@ -46,3 +46,4 @@ def l1_direction(g):
 
 
 DIRECTIONS = {'sign': sign_direction, 'l2': l2_direction, 'l1': l1_direction}
+BY_NAME = {'linf': linf, 'l2': l2, 'l1': l1}  # the threat models' names

@@ -71,11 +71,7 @@ def learned_manifold(module, variables, box):
   return LatentSpace(decode, 'code', jnp.asarray(box, jnp.float32))  # may be traced (training)
 
 
-NORMS = ('linf', 'l2', 'l1')
-
-
-def _ball(kind):
-  return {'linf': threats.LinfBall, 'l2': threats.L2Ball, 'l1': threats.L1Ball}[kind]
+NORMS = tuple(threats.BALLS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +89,15 @@ def _image(kind):
 
   def make(batch, epsilon, settings, manifolds):
     if 'start' in settings:  # only the L-inf entries accept it
-      return _ball(kind)(batch['image'], epsilon, start=settings.pop('start'))
-    return _ball(kind)(batch['image'], epsilon)
+      return threats.BALLS[kind](batch['image'], epsilon, start=settings.pop('start'))
+    return threats.BALLS[kind](batch['image'], epsilon)
 
   return make
 
 
 def _normed_image(batch, epsilon, settings, manifolds):
   """The image ball of the `norm` setting ('linf' unless set)."""
-  return _ball(settings.pop('norm', 'linf'))(batch['image'], epsilon)
+  return threats.BALLS[settings.pop('norm', 'linf')](batch['image'], epsilon)
 
 
 def _transform(batch, epsilon, settings, manifolds):

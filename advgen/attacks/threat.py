@@ -263,3 +263,6 @@ class TransformBall(Pytree):
 
   def radius(self):
     return jnp.asarray(self.epsilon, self.x.dtype)
+
+
+BALLS = {'linf': LinfBall, 'l2': L2Ball, 'l1': L1Ball}  # image balls by norm name

@@ -36,6 +36,7 @@ from advgen.attacks import canonical, losses, norms
 from advgen.attacks.pytree import Pytree
 
 _NO_BOUND = 1e10
+_FAB_SETTINGS = {'num_steps': 'fab_steps', 'restarts': 'fab_restarts'}  # estimate's names
 
 
 class Robustness(Pytree):
@@ -231,8 +232,7 @@ def estimate(logits_fn, decode_fn, z, key, *, deepfool=None, search=None, pgd=No
   part is one jit-compiled program, reused for every batch of the same shape.
   """
   deepfool, search, pgd = dict(deepfool or {}), dict(search or {}), dict(pgd or {})
-  fab = dict(fab or {})
-  fab = {'fab_steps': fab.pop('num_steps', 100), 'fab_restarts': fab.pop('restarts', 1), **fab}
+  fab = {_FAB_SETTINGS.get(name, name): value for name, value in (fab or {}).items()}
   x = decode_fn(z)
   y, r_z, z_adv = latent_robustness(logits_fn, decode_fn, z, refine_steps=refine_steps, **deepfool)
   x_df = decode_fn(z_adv)
