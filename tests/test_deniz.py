@@ -173,7 +173,8 @@ def test_the_knn_experiment_matches_the_knn_classifier(study, restored):
     assert part['set_size'][name] == size, name
     sized = np.asarray(size) > 0
     np.testing.assert_array_equal(np.asarray(part['accuracy'][name])[sized, 0], 0)
-  assert sum(map(sum, sizes.values())) > sum(sizes['fail'])  # some attack's set has members
+  assert sum(sizes['fail']) > 0  # the tiny k-NN errs: the K = Z check has members (attack sets
+  # may be empty on another CPU; their sizes are still checked against the recomputation)
   for i, step in enumerate(part['steps']):
     accuracy = np.asarray(part['accuracy']['test'])
     np.testing.assert_allclose(part['slope'][step]['per_model']['test'],
