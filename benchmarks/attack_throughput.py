@@ -141,8 +141,10 @@ def torch_model(variables):
         convs.append(conv)
       self.convs = nn.ModuleList(convs)
       self.norms = nn.ModuleList([batch_norm(f'BatchNorm_{i}', nn.BatchNorm2d) for i in range(3)])
-      self.hidden, self.hidden_norm = linear(params['Dense_0']), batch_norm('BatchNorm_3',
-                                                                             nn.BatchNorm1d)
+      self.hidden = linear(params['Dense_0'])
+      # the default's dense layers follow each other directly; stutz_convnet_bn_relu's do not
+      self.hidden_norm = (batch_norm('BatchNorm_3', nn.BatchNorm1d) if 'BatchNorm_3' in params
+                          else None)
       self.logits = linear(params['Dense_1'])
 
     def forward(self, x):
@@ -150,7 +152,8 @@ def torch_model(variables):
       for pad, conv, norm in zip(self.pads, self.convs, self.norms):
         x = torch.relu(norm(conv(nn.functional.pad(x, pad))))
       x = x.permute(0, 2, 3, 1).flatten(1)  # Flax flattens NHWC
-      return self.logits(torch.relu(self.hidden_norm(self.hidden(x))))
+      x = self.hidden(x)
+      return self.logits(x if self.hidden_norm is None else torch.relu(self.hidden_norm(x)))
 
   return StutzConvNet().eval()
 

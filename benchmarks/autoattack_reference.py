@@ -47,21 +47,24 @@ _SHOWN = 10  # differing points listed in the table (all of them go to results.j
 
 def export(variables):
   """Torch layouts of a StutzConvNet's Flax variables (one model): conv kernels HWIO -> OIHW,
-  dense kernels (in, out) -> (out, in), batch norm scale, bias and running statistics."""
+  dense kernels (in, out) -> (out, in), batch norm scale, bias and running statistics; the
+  hidden layer's bias (the default, linear form) or its batch norm (`stutz_convnet_bn_relu`)."""
   params, stats = variables['params'], variables['batch_stats']
   convs = sorted((k for k in params if k.startswith('Conv_')), key=lambda k: int(k[5:]))
   dense = sorted((k for k in params if k.startswith('Dense_')), key=lambda k: int(k[6:]))
   norms = sorted((k for k in params if k.startswith('BatchNorm_')), key=lambda k: int(k[10:]))
-  if len(dense) != 2 or len(norms) != len(convs) + 1:
+  if len(dense) != 2 or len(norms) not in (len(convs), len(convs) + 1):
     raise SystemExit(f'not a StutzConvNet: layers {sorted(params)}')
   out = {}
-  names = [f'bn{i}' for i in range(len(convs))] + ['bn_hidden']
+  names = [f'bn{i}' for i in range(len(convs))] + ['bn_hidden']  # zip drops it if absent
   for name, layer in zip(names, norms):
     out.update({f'{name}.scale': params[layer]['scale'], f'{name}.bias': params[layer]['bias'],
                 f'{name}.mean': stats[layer]['mean'], f'{name}.var': stats[layer]['var']})
   for i, layer in enumerate(convs):
     out[f'conv{i}.weight'] = np.transpose(params[layer]['kernel'], (3, 2, 0, 1))
   out['hidden.weight'] = np.transpose(params[dense[0]]['kernel'])
+  if 'bias' in params[dense[0]]:
+    out['hidden.bias'] = params[dense[0]]['bias']
   out['logits.weight'] = np.transpose(params[dense[1]]['kernel'])
   out['logits.bias'] = params[dense[1]]['bias']
   return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}

@@ -37,7 +37,8 @@ def _same_padding(size, kernel, stride):
 
 class StutzConvNet(torch.nn.Module):
   """advgen's StutzConvNet in eval mode: centring, 4x4 stride-2 convs without bias, each with
-  batch norm and ReLU, dense (no bias), batch norm, ReLU, dense to logits."""
+  batch norm and ReLU, then dense and dense to logits (the default, linear form) or dense (no
+  bias), batch norm, ReLU, dense (`stutz_convnet_bn_relu`)."""
 
   def __init__(self, weights):
     super().__init__()
@@ -61,7 +62,10 @@ class StutzConvNet(torch.nn.Module):
       x = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, stride=stride)
       x = F.relu(self._norm(x, f'bn{i}'))
     x = x.permute(0, 2, 3, 1).flatten(1)  # flax flattens NHWC: (h, w, c) order
-    x = F.relu(self._norm(F.linear(x, self.hidden_weight), 'bn_hidden'))
+    if hasattr(self, 'hidden_bias'):
+      x = F.linear(x, self.hidden_weight, self.hidden_bias)
+    else:
+      x = F.relu(self._norm(F.linear(x, self.hidden_weight), 'bn_hidden'))
     return F.linear(x, self.logits_weight, self.logits_bias)
 
 

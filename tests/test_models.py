@@ -14,6 +14,7 @@ NUM_CLASSES = 5
 # blocks, strides, batch norm, dropout) is the registered one.
 CASES = {
     'stutz_convnet': ((28, 28, 1), {}),
+    'stutz_convnet_bn_relu': ((28, 28, 1), {}),
     'mlp': ((6, 6, 1), {'features': (32, 32)}),
     'lenet5': ((28, 28, 1), {}),
     'vgg': ((8, 8, 3), {'stages': ((8, 8), (16,)), 'hidden': 32}),
@@ -94,3 +95,22 @@ def test_wide_resnet_and_resnet18_have_the_registered_structure():
   assert deep.blocks_per_stage == (4, 4, 4) and deep.widths == (160, 320, 640)
   # Lists from a JSON config become tuples (modules are static, hashable jit arguments).
   hash(models.classifier('mlp', 10, features=[16, 16]))
+
+
+@pytest.mark.parametrize('name,linear', [('stutz_convnet', True), ('stutz_convnet_bn_relu', False)])
+def test_stutz_convnet_dense_layers_follow_each_other_directly_as_in_the_authors_code(name, linear):
+  """Default: logits = W2 (W1 f + b1) + b2 of the conv features f, no batch norm or ReLU between."""
+  module = models.classifier(name, 10)
+  variables = models.init(module, jax.random.key(3), (28, 28, 1))
+  norms = [k for k in variables['batch_stats'] if k.startswith('BatchNorm')]
+  assert len(norms) == (3 if linear else 4)  # one per conv layer (+ the hidden one)
+  x, _ = _batch((28, 28, 1), size=16)
+  logits, state = module.apply(variables, x, capture_intermediates=True, mutable=['intermediates'])
+  hidden = state['intermediates']['Dense_0']['__call__'][0]
+  dense = variables['params']['Dense_1']
+  if linear:
+    assert bool(jnp.any(hidden < 0))  # a ReLU after Dense_0 would zero these
+    np.testing.assert_allclose(logits, hidden @ dense['kernel'] + dense['bias'], rtol=1e-5,
+                               atol=1e-5)
+  else:
+    assert 'bias' not in variables['params']['Dense_0']  # batch norm follows it

@@ -22,6 +22,7 @@ def _wide_resnet(num_classes, depth=16, width=4, dropout=0.0):
 
 CLASSIFIERS = {
     'stutz_convnet': classifiers.StutzConvNet,
+    'stutz_convnet_bn_relu': functools.partial(classifiers.StutzConvNet, hidden_bn_relu=True),
     'mlp': classifiers.MLP,
     'lenet5': classifiers.LeNet5,
     'vgg': classifiers.VGG,

@@ -22,12 +22,15 @@ def _batch_norm(train):
 class StutzConvNet(nn.Module):
   """Stutz et al.: 4x4 stride-2 convs (BN, ReLU), then dense 100 and logits.
 
-  Three conv layers for 28x28 inputs, four for larger ones, unless `num_conv` says otherwise.
+  Three conv layers for 28x28 inputs, four for larger ones, unless `num_conv` says otherwise. As
+  in the authors' code the two dense layers follow each other directly (a linear bottleneck);
+  `hidden_bn_relu=True` (`stutz_convnet_bn_relu`) puts batch norm and ReLU between them.
   """
   num_classes: int
   channels: Sequence[int] = (16, 32, 64, 128)
   num_conv: int | None = None
   hidden: int = 100
+  hidden_bn_relu: bool = False
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -37,7 +40,10 @@ class StutzConvNet(nn.Module):
       x = nn.Conv(features, (4, 4), strides=(2, 2), padding='SAME', use_bias=False)(x)
       x = nn.relu(_batch_norm(train)(x))
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.relu(_batch_norm(train)(nn.Dense(self.hidden, use_bias=False)(x)))
+    if self.hidden_bn_relu:
+      x = nn.relu(_batch_norm(train)(nn.Dense(self.hidden, use_bias=False)(x)))
+    else:
+      x = nn.Dense(self.hidden)(x)
     return nn.Dense(self.num_classes)(x)
 
 
