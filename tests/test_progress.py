@@ -86,7 +86,9 @@ def test_projection_in_chunks_gives_each_image_its_own_result(fonts_manifold, li
   candidate = (latents['font'], latents['theta'])
   whole_given = fonts.project(fonts_manifold, noisy, y, key, candidate=candidate, **weak)
   assert not lines()  # one chunk: nothing to report
-  monkeypatch.setattr(fonts_projection, 'CHUNK', 3)  # 8 images: 3 chunks of 3, one row padded
+  # Memory grows with images x fonts: a budget of 3 images' worth of this manifold's fonts per
+  # call gives 8 images in 3 chunks of 3, one row padded.
+  monkeypatch.setattr(fonts_projection, 'CHUNK_PAIRS', 3 * fonts_manifold.prototypes.shape[0])
   chunked = fonts.project(fonts_manifold, noisy, y, key, **weak)
   chunked_given = fonts.project(fonts_manifold, noisy, y, key, candidate=candidate, **weak)
   for a, b in zip(whole + whole_given, chunked + chunked_given):

@@ -234,7 +234,15 @@ def _project(images, labels, keys, prototypes, ranges, candidate_font, candidate
 # Successive halving: (starts kept (0: all), Levenberg-Marquardt steps before keeping them, blur
 # sigma in pixels of the images they fit). Measured by benchmarks/projection.py.
 SCHEDULE = ((0, 3, 1.5), (8, 3, 0.0), (2, 8, 0.0))
-CHUNK = 100  # images per compiled call: the size benchmarks/projection.py measures
+# Images per compiled call: 100 on the 22 bundled fonts (the size benchmarks/projection.py
+# measures); memory grows with images x fonts (every font's starts are fitted at first), so with
+# more fonts a call takes fewer images (1000 fonts: 2 per call).
+CHUNK = 100
+CHUNK_PAIRS = 2200  # image-font pairs per call
+
+
+def images_per_call(num_fonts):
+  return max(1, min(CHUNK, CHUNK_PAIRS // max(num_fonts, 1)))
 
 
 def project(fonts, images, labels, key=None, num_candidates=32, num_rotations=16, num_restarts=3,
@@ -258,8 +266,9 @@ def project(fonts, images, labels, key=None, num_candidates=32, num_rotations=16
       clean image an adversarial example was made from); the result is never farther than it.
     num_random: uniformly random starts per font (from `key`).
     learning_rate: ignored (the Adam projection it tuned is gone); kept for old configs.
-    progress: an `advgen.progress.Progress` advanced by the images of each chunk of `CHUNK`
-      (default: its own when there is more than one chunk, as a chunk takes seconds).
+    progress: an `advgen.progress.Progress` advanced by the images of each chunk of
+      `images_per_call(num_fonts)` (default: its own when there is more than one chunk, as a
+      chunk takes seconds).
   """
   del learning_rate
   if candidate is None:
@@ -271,7 +280,7 @@ def project(fonts, images, labels, key=None, num_candidates=32, num_rotations=16
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   num = len(images)
   keys = jax.random.split(key, num)  # per image, whatever the chunks
-  chunks = max(-(-num // CHUNK), 1)
+  chunks = max(-(-num // images_per_call(fonts.prototypes.shape[0])), 1)
   size = max(-(-num // chunks), 1)  # equal chunks: one compiled shape
   if progress is None and chunks > 1:
     progress = Progress(f'projecting {num} images onto their class manifolds', num, 'images')

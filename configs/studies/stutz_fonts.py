@@ -106,7 +106,9 @@ def _paper_fonts(config):
   config.classifier.variant.step_size = 0.02
   del config.attack.attacks['on_learned_manifold']
   del config.attack.attacks['autoattack']
-  config.attack.distance.num_images = 20
+  # No distances to the manifold: the true projection fits every one of the 1000 fonts (45x the
+  # cost on the 22 bundled ones), and Fig. 4 needs only success rates and test errors.
+  config.attack.distance.num_images = 0
 
 
 def _tiny(config):
