@@ -31,6 +31,8 @@ def attacked(trained_tiny, generator_workdir, tmp_path_factory):
   del config.attacks['on_true_manifold']  # its own tests are in test_attack_script.py
   config.generator_workdir = generator_workdir
   config.distance.methods = ('learned',)
+  # Validity projects each measured example onto all 10 true class manifolds: most of the run.
+  config.distance.num_images = config.num_examples = 5
 
   def attack(path):
     shutil.copytree(trained_tiny[0], path)

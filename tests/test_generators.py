@@ -129,10 +129,10 @@ def test_run_writes_metrics_results_latents_and_grids(tiny_run):
   assert 0 < results['sample_distance'] < results['noise_distance']
   samples = Image.open(os.path.join(workdir, 'samples.png'))
   assert samples.size == (2 * (4 * 29 + 1), 2 * (10 * 29 + 1))  # 10 classes x 4 columns
-  assert results['num_distance'] == 40 and results['num_reference'] == 10
+  assert results['num_distance'] == 10 and results['num_reference'] == 5
   # Validity: the share of samples of class model k nearer class k's true manifold than any
   # other's; the distance to its own class's manifold is the sample distance.
-  assert 0 <= results['sample_validity'] <= 1 and results['sample_validity_count'] == 40
+  assert 0 <= results['sample_validity'] <= 1 and results['sample_validity_count'] == 10
   assert results['sample_validity_own_distance_mean'] == pytest.approx(results['sample_distance'])
   assert results['num_classified'] == 40 and len(per_model['gan_test_accuracy']) == 10
   assert results['mean']['gan_test_accuracy'] == pytest.approx(
