@@ -172,9 +172,19 @@ def run(main):
       check_finite(flags.FLAGS.config)
       return main(argv)
     except UserError as e:
-      fail(e)
+      _fail_now(e)
 
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def _fail_now(message):
+  """`fail`, without the interpreter's shutdown: after a failed orbax restore, tensorstore's
+  pending reads report their own errors from other threads as they are collected, tracebacks that
+  would follow the one error line. Everything a run writes is flushed as it goes."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(2)
 
 
 def load_config(path, *args):
