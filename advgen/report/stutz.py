@@ -293,7 +293,8 @@ def _distance_figure(distances, path, regular='pgd_linf'):
   examples' distance against their perturbation norm (on the diagonal: orthogonal to it)."""
   figure, axes = images.figure_row(2)
   if not distances:
-    axes[0].text(0.5, 0.5, 'no distances to the true manifold (fonts only)', ha='center')
+    # fonts only, and only where config.attack.distance measures them ('true', num_images > 0)
+    axes[0].text(0.5, 0.5, 'no distances to the true manifold measured', ha='center')
   top = max([d.max() for d, _ in distances.values() if d.size] + [1e-6])
   bins = np.linspace(0, top, 31)
   for label, (distance, _) in distances.items():
