@@ -229,3 +229,16 @@ def test_rate_after_a_checkpoint_between_log_lines(tmp_path, monkeypatch):
   run(tmp_path, train_step=toy_step([], clock))
   logged = [r for r in records(tmp_path) if 'loss' in r['per_model']]
   assert [r['steps_per_second'] for r in logged] == pytest.approx([2.0] * len(logged))
+
+
+def test_a_checkpoint_of_another_model_is_named_as_such_not_as_corrupt(tmp_path):
+  """Readable files of other variables (another model, or an older version of it) are not
+  'unreadable': deleting the step folder, the advice for a corrupt one, would not help."""
+  saved = Checkpoints(str(tmp_path))
+  saved.save(1, {'params': {'Dense_0': {'kernel': jnp.ones((3, 2))}}})
+  saved.close()
+  other = {'params': {'Dense_0': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}}}
+  with pytest.raises(UserError, match='holds other variables than the model.*new --workdir'):
+    Checkpoints(str(tmp_path)).restore(other)
+  same = Checkpoints(str(tmp_path)).restore({'params': {'Dense_0': {'kernel': jnp.zeros((3, 2))}}})
+  np.testing.assert_array_equal(same['params']['Dense_0']['kernel'], np.ones((3, 2)))

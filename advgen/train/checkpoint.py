@@ -43,10 +43,17 @@ class Checkpoints:
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # Orbax raises many types for unreadable files.
+      reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+      if 'tree structures do not match' in str(e):  # readable, but another model's variables
+        raise UserError(
+            f'checkpoint {step} in {self.directory} holds other variables than the model the '
+            f'config builds ({reason}): it was trained by another model, or by an older version '
+            "of this one (stutz_convnet's dense layers follow the authors' code since "
+            '2026-12-08; the earlier net is stutz_convnet_bn_relu); train again in a new '
+            '--workdir') from None
       raise UserError(
-          f'checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: '
-          f'{str(e).splitlines()[0][:200] if str(e) else ""}); delete that step folder to resume '
-          'from an earlier one, or use a new --workdir') from None
+          f'checkpoint {step} in {self.directory} is unreadable ({reason}); delete that step '
+          'folder to resume from an earlier one, or use a new --workdir') from None
     finally:
       logging.getLogger('absl').removeFilter(held)
     held.release()
