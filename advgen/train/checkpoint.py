@@ -48,9 +48,8 @@ class Checkpoints:
         raise UserError(
             f'checkpoint {step} in {self.directory} holds other variables than the model the '
             f'config builds ({reason}): it was trained by another model, or by an older version '
-            "of this one (stutz_convnet's dense layers follow the authors' code since "
-            '2026-12-08; the earlier net is stutz_convnet_bn_relu); train again in a new '
-            '--workdir') from None
+            'of this one (docs/training.md lists the models whose layers changed); train again '
+            'in a new --workdir') from None
       raise UserError(
           f'checkpoint {step} in {self.directory} is unreadable ({reason}); delete that step '
           'folder to resume from an earlier one, or use a new --workdir') from None
